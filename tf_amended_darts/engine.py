@@ -1,0 +1,357 @@
+"""The bi-level search engine: `model.fit` over (train, validation) pairs.
+
+`BilevelSearch` wraps any Keras model that exposes two explicit variable
+lists, ``weight_variables`` and ``arch_variables`` (together: all of its
+trainable variables). Each `train_step` does, as DARTS does:
+
+1. an architecture step on the validation batch: the gradient estimator
+   chosen by ``arch_grad`` (`bilevel.estimate`), then Adam on ``a``;
+2. a weight step on the training batch with the new ``a``: SGD on ``w``.
+
+Batch-norm moving statistics: only the weight step's training-batch pass
+updates them. The architecture step evaluates the network functionally
+(``stateless_call``) and discards the statistics its passes would write, so
+the extra passes of ``second_order`` and ``amended`` (virtual step,
+perturbed weights, products) never touch them, and the moving statistics
+evolve identically under every estimator given the same weights.
+
+Distribution: losses are per-replica means; the estimator all-reduces the
+vectors that feed its products; the final gradients are divided by the
+number of replicas before the optimisers sum them across replicas, so an
+update equals the one-replica update on the global batch.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tf_amended_darts import bilevel, hparams
+from tf_amended_darts.optimizers import TorchAdam, TorchSGD
+
+
+def _cross_replica_mean(values):
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return list(values)
+    return list(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, list(values)))
+
+
+def _num_replicas():
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+def unpack_pairs(data):
+    """``((x_t, y_t), (x_v, y_v))`` from a dataset element, or a clear error."""
+    try:
+        (x_t, y_t), (x_v, y_v) = data
+    except (TypeError, ValueError):
+        raise ValueError(
+            "BilevelSearch.fit expects a dataset whose elements are pairs "
+            "((x_train, y_train), (x_val, y_val)). Received an element with "
+            f"structure: {tf.nest.map_structure(lambda t: getattr(t, 'shape', t), data)}"
+        ) from None
+    return (x_t, y_t), (x_v, y_v)
+
+
+def sparse_cross_entropy(y_true, logits):
+    """Mean softmax cross-entropy of integer labels (per replica, unscaled)."""
+    return ops.mean(
+        keras.losses.sparse_categorical_crossentropy(
+            y_true, logits, from_logits=True
+        )
+    )
+
+
+def mean_squared_error(y_true, y_pred):
+    """Mean squared error (per replica, unscaled)."""
+    return ops.mean(ops.square(y_pred - ops.cast(y_true, y_pred.dtype)))
+
+
+@keras.saving.register_keras_serializable(package="tf_amended_darts")
+class BilevelSearch(keras.Model):
+    """Searches a model's architecture parameters with `fit`.
+
+    Args:
+        network: a built Keras model with attributes ``weight_variables`` and
+            ``arch_variables`` (lists of variables that partition its
+            trainable variables). Its call may return logits, or a tuple
+            ``(logits, aux_logits)`` in training mode.
+        arch_grad: ``first_order``, ``second_order`` or ``amended``.
+        eta: amending coefficient (``amended``), >= 0.
+        hvp: ``exact`` or ``finite_difference`` products.
+        loss: ``loss(y_true, y_pred) -> scalar`` per-replica mean; default
+            sparse softmax cross-entropy.
+        classification: track accuracy metrics.
+        aux_weight: weight of the auxiliary-head loss when the network
+            returns ``(logits, aux_logits)``.
+        **kwargs: passed to `keras.Model`.
+
+    Reference: DARTS ``train_search.py`` / ``architect.py`` (step order and
+    optimiser semantics); ../shared/method.md sections 1-4.
+    """
+
+    def __init__(
+        self,
+        network,
+        arch_grad="amended",
+        eta=hparams.ETA,
+        hvp="exact",
+        loss=None,
+        classification=True,
+        aux_weight=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        bilevel.validate_estimator(arch_grad, eta, hvp)
+        self.network = network
+        self.arch_grad = arch_grad
+        self.eta = float(eta)
+        self.hvp = hvp
+        self.search_loss = loss or sparse_cross_entropy
+        self.classification = classification
+        self.aux_weight = float(aux_weight)
+        names = ["loss", "val_loss", "g1_norm", "g2_norm", "arch_grad_norm"]
+        if classification:
+            names += ["accuracy", "val_accuracy"]
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self.weight_optimizer = None
+        self.arch_optimizer = None
+
+    # -- variables ------------------------------------------------------------
+
+    @property
+    def weight_variables(self):
+        return list(self.network.weight_variables)
+
+    @property
+    def arch_variables(self):
+        return list(self.network.arch_variables)
+
+    def _variable_layout(self):
+        """Where each of the network's trainable variables comes from."""
+        if not getattr(self.network, "built", False):
+            raise ValueError(
+                "BilevelSearch needs a built network: call "
+                "`network.build(input_shape)` or run it on a batch first."
+            )
+        for attr in ("weight_variables", "arch_variables"):
+            if not hasattr(self.network, attr):
+                raise ValueError(
+                    f"The network must expose `{attr}` (a list of "
+                    f"variables). {type(self.network).__name__} has none."
+                )
+        weights, arch = self.weight_variables, self.arch_variables
+        if not arch:
+            raise ValueError(
+                "The network has no architecture variables: "
+                "`arch_variables` is empty. Bi-level search needs at least "
+                "one architecture parameter."
+            )
+        if not weights:
+            raise ValueError(
+                "The network has no weights: `weight_variables` is empty."
+            )
+        index = {id(v): ("w", i) for i, v in enumerate(weights)}
+        for i, v in enumerate(arch):
+            if id(v) in index:
+                raise ValueError(
+                    f"Variable {v.path} is in both `weight_variables` and "
+                    "`arch_variables`."
+                )
+            index[id(v)] = ("a", i)
+        trainable = self.network.trainable_variables
+        missing = [v.path for v in trainable if id(v) not in index]
+        if missing or len(trainable) != len(index):
+            raise ValueError(
+                "`weight_variables` and `arch_variables` must partition the "
+                f"network's trainable variables; not covered: {missing}"
+            )
+        return [index[id(v)] for v in trainable]
+
+    # -- compile --------------------------------------------------------------
+
+    def compile(self, weight_optimizer=None, arch_optimizer=None, **kwargs):
+        """Builds both optimisers, each on its own variable list.
+
+        Args:
+            weight_optimizer: default `TorchSGD` (lr 0.025, momentum 0.9,
+                coupled weight decay 3e-4, global-norm clip 5).
+            arch_optimizer: default `TorchAdam` (lr 3e-4, betas 0.5/0.999,
+                coupled weight decay 1e-3).
+            **kwargs: passed to `keras.Model.compile` (no optimizer, loss or
+                metrics: the engine owns them).
+        """
+        for key in ("optimizer", "loss", "metrics"):
+            if kwargs.get(key) is not None:
+                raise ValueError(
+                    f"BilevelSearch.compile does not take `{key}`; pass "
+                    "weight_optimizer / arch_optimizer, and the loss to the "
+                    "constructor."
+                )
+        self._layout = self._variable_layout()
+        self.weight_optimizer = weight_optimizer or TorchSGD(
+            global_clipnorm=hparams.GRAD_CLIP_NORM
+        )
+        self.arch_optimizer = arch_optimizer or TorchAdam()
+        self.weight_optimizer.build(self.weight_variables)
+        self.arch_optimizer.build(self.arch_variables)
+        super().compile(optimizer=self.weight_optimizer, **kwargs)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    # -- forward --------------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    def compute_search_loss(self, y_true, outputs):
+        """The task loss; adds ``aux_weight`` x the auxiliary-head loss."""
+        if isinstance(outputs, (tuple, list)):
+            loss = self.search_loss(y_true, outputs[0])
+            if self.aux_weight and len(outputs) > 1:
+                loss += self.aux_weight * self.search_loss(y_true, outputs[1])
+            return loss
+        return self.search_loss(y_true, outputs)
+
+    def functional_loss(self, x, y, record=None):
+        """``L(w, a)`` on one batch as a function of variable values.
+
+        The network runs in training mode through ``stateless_call``; the
+        updated non-trainable values (BN statistics) are discarded.
+
+        Args:
+            x: inputs.
+            y: targets.
+            record: optional dict; the first call stores its outputs there.
+        """
+        layout = self._layout
+        non_trainable = [v.value for v in self.network.non_trainable_variables]
+
+        def loss_fn(w, a):
+            values = [w[i] if kind == "w" else a[i] for kind, i in layout]
+            outputs, _ = self.network.stateless_call(
+                values, non_trainable, x, training=True
+            )
+            if record is not None and "outputs" not in record:
+                record["outputs"] = outputs
+            return self.compute_search_loss(y, outputs)
+
+        return loss_fn
+
+    def virtual_step(self):
+        """What DARTS' virtual step reads from the weight optimiser."""
+        opt = self.weight_optimizer
+        return bilevel.VirtualStep(
+            learning_rate=opt.current_learning_rate(),
+            momentum=getattr(opt, "momentum", 0.0),
+            momentum_buffers=(
+                [opt.momentum_buffer(v) for v in self.weight_variables]
+                if hasattr(opt, "momentum_buffer") else None
+            ),
+            weight_decay=getattr(opt, "coupled_weight_decay", 0.0),
+        )
+
+    # -- one search step ------------------------------------------------------
+
+    def arch_gradient(self, train_batch, val_batch):
+        """The estimator's `bilevel.EstimatorResult` at the current values."""
+        (x_t, y_t), (x_v, y_v) = train_batch, val_batch
+        record = {}
+        weights = [v.value for v in self.weight_variables]
+        arch = [v.value for v in self.arch_variables]
+        result = bilevel.estimate(
+            self.arch_grad,
+            self.functional_loss(x_t, y_t),
+            self.functional_loss(x_v, y_v, record),
+            weights,
+            arch,
+            eta=self.eta,
+            hvp=self.hvp,
+            virtual_step=(
+                self.virtual_step() if self.arch_grad == "second_order"
+                else None
+            ),
+            reduce_mean=_cross_replica_mean,
+        )
+        return result, record.get("outputs")
+
+    def train_step(self, data):
+        if self.weight_optimizer is None:
+            raise ValueError("Call BilevelSearch.compile() before fit().")
+        train_batch, val_batch = unpack_pairs(data)
+        replicas = _num_replicas()
+
+        result, val_outputs = self.arch_gradient(train_batch, val_batch)
+        arch_grads = [g / replicas for g in result.arch_grads]
+        self.arch_optimizer.apply(arch_grads, self.arch_variables)
+
+        x_t, y_t = train_batch
+        with tf.GradientTape() as tape:
+            outputs = self.network(x_t, training=True)
+            loss = self.compute_search_loss(y_t, outputs)
+        grads = tape.gradient(loss, self.weight_variables)
+        grads = [
+            tf.zeros_like(v) if g is None else g / replicas
+            for g, v in zip(grads, self.weight_variables)
+        ]
+        self.weight_optimizer.apply(grads, self.weight_variables)
+
+        t = self._trackers
+        t["loss"].update_state(loss)
+        t["val_loss"].update_state(result.val_loss)
+        t["g1_norm"].update_state(bilevel.global_norm(result.g1))
+        t["g2_norm"].update_state(bilevel.global_norm(result.g2))
+        t["arch_grad_norm"].update_state(
+            bilevel.global_norm(result.arch_grads)
+        )
+        if self.classification:
+            _, y_v = val_batch
+            t["accuracy"].update_state(_accuracy(y_t, outputs))
+            t["val_accuracy"].update_state(_accuracy(y_v, val_outputs))
+        logs = {name: m.result() for name, m in t.items()}
+        logs["lr"] = ops.convert_to_tensor(
+            self.weight_optimizer.current_learning_rate()
+        )
+        return logs
+
+    def test_step(self, data):
+        x, y = data
+        outputs = self.network(x, training=False)
+        loss = self.compute_search_loss(y, outputs)
+        self._trackers["loss"].update_state(loss)
+        logs = {"loss": self._trackers["loss"].result()}
+        if self.classification:
+            self._trackers["accuracy"].update_state(_accuracy(y, outputs))
+            logs["accuracy"] = self._trackers["accuracy"].result()
+        return logs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            network=keras.saving.serialize_keras_object(self.network),
+            arch_grad=self.arch_grad,
+            eta=self.eta,
+            hvp=self.hvp,
+            classification=self.classification,
+            aux_weight=self.aux_weight,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(
+            config["network"]
+        )
+        return cls(**config)
+
+
+def _accuracy(y_true, outputs):
+    if isinstance(outputs, (tuple, list)):
+        outputs = outputs[0]
+    predicted = ops.argmax(outputs, axis=-1)
+    y = ops.reshape(ops.cast(y_true, predicted.dtype), ops.shape(predicted))
+    return ops.mean(ops.cast(ops.equal(predicted, y), "float32"))
