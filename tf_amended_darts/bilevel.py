@@ -36,7 +36,7 @@ replica.
 """
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
@@ -69,6 +69,13 @@ def axpy(alpha, xs, ys):
 
 def scale(alpha, xs):
     return [alpha * x for x in xs]
+
+
+def as_dtype(value, dtype):
+    """A tensor of `dtype`; Python floats are not rounded through float32."""
+    if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "value"):
+        return tf.cast(value, dtype)
+    return tf.constant(value, dtype)
 
 
 def _zeros_for_none(grads, like):
@@ -182,16 +189,15 @@ class VirtualStep:
         """``w'`` from the weights and ``grad_w L_train(w, a)``."""
         out = []
         for i, (x, g) in enumerate(zip(w, grad_w)):
-            direction = g + tf.cast(self.weight_decay, x.dtype) * x
+            direction = g + as_dtype(self.weight_decay, x.dtype) * x
             if self.momentum_buffers is not None and self.momentum:
                 buf = tf.convert_to_tensor(self.momentum_buffers[i])
-                direction += tf.cast(self.momentum, x.dtype) * buf
-            out.append(x - tf.cast(self.learning_rate, x.dtype) * direction)
+                direction += as_dtype(self.momentum, x.dtype) * buf
+            out.append(x - as_dtype(self.learning_rate, x.dtype) * direction)
         return out
 
 
-@dataclasses.dataclass
-class EstimatorResult:
+class EstimatorResult(NamedTuple):
     """An architecture gradient and its parts.
 
     Attributes:
@@ -276,12 +282,12 @@ def estimate(
     else:
         hv = reduce_mean(hvp_finite_difference(train_loss, w, a, v))
         dhv = mixed_finite_difference(train_loss, w, a, hv)
-    g2 = scale(-tf.cast(eta, a[0].dtype), dhv)
+    g2 = scale(-as_dtype(eta, a[0].dtype), dhv)
     return EstimatorResult([x + y for x, y in zip(g1, g2)], g1, g2, loss)
 
 
 def _second_order(train_loss, val_loss, w, a, hvp, step, reduce_mean):
-    xi = tf.cast(step.learning_rate, w[0].dtype)
+    xi = as_dtype(step.learning_rate, w[0].dtype)
     if hvp == "exact":
         with tf.GradientTape() as outer:
             outer.watch(a)
