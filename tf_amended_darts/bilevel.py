@@ -270,8 +270,9 @@ def estimate(
     if arch_grad == "second_order":
         if virtual_step is None:
             raise ValueError("--arch_grad=second_order needs a VirtualStep.")
-        return _second_order(train_loss, val_loss, w, a, hvp, virtual_step,
-                             reduce_mean)
+        return _second_order(
+            train_loss, val_loss, w, a, hvp, virtual_step, reduce_mean
+        )
     loss, v, g1 = loss_and_grads(val_loss, w, a)
     if arch_grad == "first_order":
         zeros = [tf.zeros_like(x) for x in a]

@@ -12,8 +12,7 @@ import tensorflow as tf
 from tf_amended_darts import bilevel
 
 
-def conjugate_gradient(matvec, b, iterations=100, tolerance=1e-10,
-                       damping=0.0):
+def conjugate_gradient(matvec, b, iterations=100, tolerance=1e-10, damping=0.0):
     """Solves ``(M + damping I) x = b`` for a symmetric positive-definite M.
 
     Args:
@@ -26,6 +25,7 @@ def conjugate_gradient(matvec, b, iterations=100, tolerance=1e-10,
     Returns:
         ``(x, residual_norm / ||b||)``.
     """
+
     def op(x):
         mx = matvec(x)
         return bilevel.axpy(damping, x, mx) if damping else mx
@@ -48,8 +48,9 @@ def conjugate_gradient(matvec, b, iterations=100, tolerance=1e-10,
     return x, float(tf.sqrt(rr) / b_norm)
 
 
-def true_hypergradient(train_loss, val_loss, w, a, iterations=100,
-                       tolerance=1e-10, damping=0.0):
+def true_hypergradient(
+    train_loss, val_loss, w, a, iterations=100, tolerance=1e-10, damping=0.0
+):
     """``g1 - D . H^-1 . v`` with ``H^-1 v`` by conjugate gradients.
 
     Meaningful where ``w`` minimises ``L_train`` (H positive definite).
@@ -60,10 +61,16 @@ def true_hypergradient(train_loss, val_loss, w, a, iterations=100,
     w, a = list(w), list(a)
     _, v, g1 = bilevel.loss_and_grads(val_loss, w, a)
     solve, residual = conjugate_gradient(
-        lambda x: bilevel.hvp_exact(train_loss, w, a, x), v,
-        iterations=iterations, tolerance=tolerance, damping=damping)
-    g2 = bilevel.scale(tf.constant(-1.0, w[0].dtype),
-                       bilevel.mixed_exact(train_loss, w, a, solve))
+        lambda x: bilevel.hvp_exact(train_loss, w, a, x),
+        v,
+        iterations=iterations,
+        tolerance=tolerance,
+        damping=damping,
+    )
+    g2 = bilevel.scale(
+        tf.constant(-1.0, w[0].dtype),
+        bilevel.mixed_exact(train_loss, w, a, solve),
+    )
     return [x + y for x, y in zip(g1, g2)], g1, g2, residual
 
 
@@ -73,8 +80,16 @@ def cosine_similarity(xs, ys):
     return float(bilevel.dot(xs, ys) / denom)
 
 
-def estimator_fidelity(train_loss, val_loss, w, a, eta=0.1,
-                       virtual_step=None, hvp="exact", **cg_kwargs):
+def estimator_fidelity(
+    train_loss,
+    val_loss,
+    w,
+    a,
+    eta=0.1,
+    virtual_step=None,
+    hvp="exact",
+    **cg_kwargs,
+):
     """Cosine similarity of each estimator to the true hypergradient.
 
     Returns:
@@ -82,14 +97,23 @@ def estimator_fidelity(train_loss, val_loss, w, a, eta=0.1,
         between the amended term ``g2'`` and the true ``g2`` (the paper's
         appendix A.3 claims it is non-negative; measured, not assumed).
     """
-    truth, _, g2_true, _ = true_hypergradient(train_loss, val_loss, w, a,
-                                              **cg_kwargs)
+    truth, _, g2_true, _ = true_hypergradient(
+        train_loss, val_loss, w, a, **cg_kwargs
+    )
     out = {}
     for name in bilevel.ARCH_GRADS:
         if name == "second_order" and virtual_step is None:
             continue
-        res = bilevel.estimate(name, train_loss, val_loss, w, a, eta=eta,
-                               hvp=hvp, virtual_step=virtual_step)
+        res = bilevel.estimate(
+            name,
+            train_loss,
+            val_loss,
+            w,
+            a,
+            eta=eta,
+            hvp=hvp,
+            virtual_step=virtual_step,
+        )
         out[name] = cosine_similarity(res.arch_grads, truth)
         if name == "amended":
             out["g2_alignment"] = cosine_similarity(res.g2, g2_true)

@@ -249,7 +249,8 @@ class BilevelSearch(keras.Model):
             momentum=getattr(opt, "momentum", 0.0),
             momentum_buffers=(
                 [opt.momentum_buffer(v) for v in self.weight_variables]
-                if hasattr(opt, "momentum_buffer") else None
+                if hasattr(opt, "momentum_buffer")
+                else None
             ),
             weight_decay=getattr(opt, "coupled_weight_decay", 0.0),
         )
@@ -271,7 +272,8 @@ class BilevelSearch(keras.Model):
             eta=self.eta,
             hvp=self.hvp,
             virtual_step=(
-                self.virtual_step() if self.arch_grad == "second_order"
+                self.virtual_step()
+                if self.arch_grad == "second_order"
                 else None
             ),
             reduce_mean=_cross_replica_mean,
@@ -304,9 +306,7 @@ class BilevelSearch(keras.Model):
         t["val_loss"].update_state(result.val_loss)
         t["g1_norm"].update_state(bilevel.global_norm(result.g1))
         t["g2_norm"].update_state(bilevel.global_norm(result.g2))
-        t["arch_grad_norm"].update_state(
-            bilevel.global_norm(result.arch_grads)
-        )
+        t["arch_grad_norm"].update_state(bilevel.global_norm(result.arch_grads))
         if self.classification:
             _, y_v = val_batch
             t["accuracy"].update_state(_accuracy(y_t, outputs))

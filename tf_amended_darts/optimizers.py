@@ -202,7 +202,10 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(
-        self, initial_learning_rate, final_learning_rate, epochs,
+        self,
+        initial_learning_rate,
+        final_learning_rate,
+        epochs,
         steps_per_epoch,
     ):
         if epochs < 1 or steps_per_epoch < 1:
@@ -216,9 +219,7 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = int(steps_per_epoch)
 
     def __call__(self, step):
-        epoch = ops.floor_divide(
-            ops.cast(step, "int64"), self.steps_per_epoch
-        )
+        epoch = ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch)
         epoch = ops.cast(epoch, "float32")
         cosine = 0.5 * (1.0 + ops.cos(math.pi * epoch / self.epochs))
         span = self.initial_learning_rate - self.final_learning_rate

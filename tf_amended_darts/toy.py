@@ -61,11 +61,13 @@ class ToyModel(keras.Model):
 
     def build(self, input_shape=None):
         self.w = self.add_weight(
-            shape=(), name="w",
+            shape=(),
+            name="w",
             initializer=keras.initializers.Constant(self.w_init),
         )
         self.a = self.add_weight(
-            shape=(), name="a",
+            shape=(),
+            name="a",
             initializer=keras.initializers.Constant(self.a_init),
         )
         self.built = True
@@ -112,14 +114,16 @@ class TrajectoryRecorder(keras.callbacks.Callback):
         w = float(self.toy_model.w.numpy())
         a = float(self.toy_model.a.numpy())
         logs = logs or {}
-        self.rows.append({
-            "step": len(self.rows) + 1,
-            "a": a,
-            "w": w,
-            "val_loss": val_loss(w, a),
-            "g1_norm": float(logs.get("g1_norm", np.nan)),
-            "g2_norm": float(logs.get("g2_norm", np.nan)),
-        })
+        self.rows.append(
+            {
+                "step": len(self.rows) + 1,
+                "a": a,
+                "w": w,
+                "val_loss": val_loss(w, a),
+                "g1_norm": float(logs.get("g1_norm", np.nan)),
+                "g2_norm": float(logs.get("g2_norm", np.nan)),
+            }
+        )
 
 
 def run(
@@ -152,20 +156,30 @@ def run(
     network = ToyModel(w_init=w_init, a_init=a_init)
     network.build()
     search = engine.BilevelSearch(
-        network, arch_grad=arch_grad, eta=eta, hvp=hvp,
-        loss=engine.mean_squared_error, classification=False,
+        network,
+        arch_grad=arch_grad,
+        eta=eta,
+        hvp=hvp,
+        loss=engine.mean_squared_error,
+        classification=False,
     )
     search.compile(
         weight_optimizer=weight_optimizer, arch_optimizer=arch_optimizer
     )
     recorder = TrajectoryRecorder(network)
     start = {
-        "step": 0, "a": a_init, "w": w_init,
+        "step": 0,
+        "a": a_init,
+        "w": w_init,
         "val_loss": val_loss(w_init, a_init),
-        "g1_norm": np.nan, "g2_norm": np.nan,
+        "g1_norm": np.nan,
+        "g2_norm": np.nan,
     }
     search.fit(
-        pairs_dataset(), steps_per_epoch=steps, epochs=1, verbose=0,
+        pairs_dataset(),
+        steps_per_epoch=steps,
+        epochs=1,
+        verbose=0,
         callbacks=[recorder],
     )
     return [start] + recorder.rows
@@ -230,13 +244,20 @@ def plot(path, trajectories):
         ax.set_ylabel("a, w")
         ax.set_title(title)
         twin = ax.twinx()
-        twin.plot(steps, [r["val_loss"] for r in rows], color="blue",
-                  label="validation loss")
+        twin.plot(
+            steps,
+            [r["val_loss"] for r in rows],
+            color="blue",
+            label="validation loss",
+        )
         twin.set_ylabel("validation loss")
         handles = ax.get_legend_handles_labels()
         twin_handles = twin.get_legend_handles_labels()
-        ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1],
-                  loc="upper left")
+        ax.legend(
+            handles[0] + twin_handles[0],
+            handles[1] + twin_handles[1],
+            loc="upper left",
+        )
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp)
