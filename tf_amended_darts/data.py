@@ -295,6 +295,18 @@ def _seeds(seed, num):
     return [int(s) for s in state]
 
 
+def _epoch_seeds(seed, epoch, num):
+    """``num`` seeds for the shuffles and augmentation of one epoch.
+
+    A fresh pipeline built for epoch ``e`` yields exactly the batches that
+    epoch ``e`` of a run gets, so a search resumed at ``e`` sees the same
+    data as an uninterrupted one.
+    """
+    _check_int(epoch, "epoch", 0)
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(num)
+    return [int(x) for x in state]
+
+
 def _pipeline(src, transform, lookup, batch_size, buffer, seeds, drop):
     """Shuffles, transforms each element (after ``lookup``), batches.
 
@@ -402,6 +414,7 @@ def search_datasets(
     shuffle_split=True,
     download=False,
     manual_dir=None,
+    epoch=0,
 ):
     """Search-train / search-validation batches for the bi-level search.
 
@@ -420,6 +433,8 @@ def search_datasets(
             first-``train_portion``-by-index rule).
         download: Let TFDS download/prepare the data if absent.
         manual_dir: ImageNet tar files, for ``download=True``.
+        epoch: the epoch whose shuffles and augmentation to produce (the
+            split depends on ``seed`` only).
 
     Returns:
         ``(pairs_ds, steps_per_epoch, info)``: ``pairs_ds`` yields
@@ -437,7 +452,8 @@ def search_datasets(
     number = isinstance(portion, (int, float, np.floating))
     if not number or isinstance(portion, bool) or not 0.0 < portion < 1.0:
         raise ValueError(f"train_portion must be in (0, 1), got {portion!r}")
-    s = _seeds(seed, 5)  # split, train shuffle/aug, val shuffle/aug
+    # split; then train shuffle/aug, val shuffle/aug of this epoch
+    s = _seeds(seed, 1) + _epoch_seeds(seed, epoch, 4)
     seed = int(seed)
     train_tf = _transform(info, True, padding, flip, cutout)
     val_tf = train_tf if augment_val else _transform(info, False)
@@ -478,6 +494,7 @@ def train_dataset(
     drop_remainder=False,
     download=False,
     manual_dir=None,
+    epoch=0,
 ):
     """Augmented, shuffled training batches for re-training (one epoch).
 
@@ -486,6 +503,7 @@ def train_dataset(
         download, manual_dir: As in ``search_datasets`` (DARTS re-training
             uses ``cutout=16`` on CIFAR-10).
         drop_remainder: Drop the last partial batch (DARTS keeps it).
+        epoch: the epoch whose shuffle and augmentation to produce.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, labels)`` batches, float32
@@ -493,7 +511,7 @@ def train_dataset(
         is one epoch, reshuffled.
     """
     info, flip, padding = _resolve(name, batch_size, cutout, image_size, flip)
-    s = _seeds(seed, 3)
+    s = _seeds(seed, 1) + _epoch_seeds(seed, epoch, 2)
     where = _Where(data_dir, download, manual_dir)
     (src,), (n,), lookup = _sources(info, "train", None, where, s[0], True)
     if drop_remainder and n < batch_size:

@@ -190,6 +190,7 @@ class BilevelSearch(keras.Model):
                     "constructor."
                 )
         self._layout = self._variable_layout()
+        self.built = True  # no variables of its own; the network is built
         self.weight_optimizer = weight_optimizer or TorchSGD(
             global_clipnorm=hparams.GRAD_CLIP_NORM
         )

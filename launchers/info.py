@@ -1,0 +1,66 @@
+"""Parameter and multiply-add counts of a re-training network.
+
+    python launchers/info.py --genotype=DARTS_V2 --dataset=imagenet
+
+Prints one JSON object: `params` (trainable, auxiliary head excluded),
+`params_aux` (the auxiliary head alone; 0 with --noauxiliary), `macs`
+(multiply-adds per image of the main network, see flops.py), settings.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tf_amended_darts import flops, network  # noqa: E402
+from tf_amended_darts import genotype as G  # noqa: E402
+
+# dataset -> (network class, classes, init_channels, layers, image size),
+# the reference train.py / train_imagenet.py defaults.
+DATASETS = {
+    "cifar10": (network.NetworkCIFAR, 10, 36, 20, 32),
+    "imagenet": (network.NetworkImageNet, 1000, 48, 14, 224),
+}
+
+
+def define_flags(fv=flags.FLAGS):
+    flags.DEFINE_string("genotype", "DARTS_V2", "Published genotype "
+                        f"{G.published_names()} or genotype JSON path.",
+                        flag_values=fv)
+    flags.DEFINE_enum("dataset", "cifar10", list(DATASETS), "Network kind.",
+                      flag_values=fv)
+    for name, default in (("init_channels", "36 / 48"), ("layers", "20 / 14"),
+                          ("image_size", "32 / 224")):
+        flags.DEFINE_integer(name, None, f"Default {default} (cifar10 / "
+                             "imagenet).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("auxiliary", True, "Build the auxiliary head.",
+                      flag_values=fv)
+
+
+def main(argv, fv=flags.FLAGS):
+    del argv
+    cls, classes, channels, layers, size = DATASETS[fv.dataset]
+    channels = fv.init_channels or channels
+    layers, size = fv.layers or layers, fv.image_size or size
+    try:
+        genotype = network.as_genotype(fv.genotype)
+    except (ValueError, OSError) as error:
+        raise app.UsageError(f"--genotype: {error}") from error
+    net = cls(genotype, num_classes=classes, layers=layers,
+              init_channels=channels, auxiliary=fv.auxiliary)
+    net.build((None, size, size, 3))
+    info = {"genotype": fv.genotype, "dataset": fv.dataset,
+            "init_channels": channels, "layers": layers, "image_size": size,
+            "num_classes": classes, "params": network.count_params(net),
+            "params_aux": network.aux_params(net),
+            "macs": flops.count_macs(net, size)}
+    print(json.dumps(info))
+    return info
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

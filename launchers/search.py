@@ -1,0 +1,39 @@
+"""Architecture search: flags -> validated config -> search -> genotype.
+
+    python launchers/search.py --flagfile=flags/quickstart.cfg \
+        --model_dir=runs/quickstart
+
+Rerunning the same command resumes from the newest checkpoint in
+--model_dir. See tf_amended_darts/search.py for the run directory's layout.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tf_amended_darts import search, search_config  # noqa: E402
+from tf_amended_darts import visualize  # noqa: E402
+
+
+def main(argv, fv=flags.FLAGS):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = search_config.from_flags(fv)
+    os.makedirs(config.model_dir, exist_ok=True)
+    fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
+    genotype = search.run(config)
+    d = config.model_dir
+    print(visualize.genotype_to_text(genotype))
+    print(f"genotype:    {os.path.join(d, 'genotype.json')}")
+    print(f"cell PNGs:   {os.path.join(d, 'genotype_*.png')}")
+    print(f"TensorBoard: tensorboard --logdir {d}")
+    return genotype
+
+
+if __name__ == "__main__":
+    search_config.define_flags()
+    flags.mark_flag_as_required("model_dir")
+    app.run(main)

@@ -1,0 +1,195 @@
+"""Flags of the search launcher and the validated config built from them.
+
+Flags are defined by `define_flags(flag_values)`, never at import, and the
+config is built from any `FlagValues` so tests can pass their own. Every
+check names the flag and the accepted values.
+"""
+
+import dataclasses
+import json
+
+from absl import flags
+
+from tf_amended_darts import bilevel, data, hparams
+from tf_amended_darts import search_space as S
+
+
+def define_flags(fv=flags.FLAGS):
+    """Defines the search flags on ``fv``."""
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("model_dir", None, "Run directory (resumes if it "
+                        "holds a checkpoint).", **d)
+    flags.DEFINE_string("dataset", "cifar10",
+                        f"One of {', '.join(data.DATASETS)}.", **d)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory.", **d)
+    flags.DEFINE_integer("image_size", 0, "Image side; 0: the dataset's.", **d)
+    flags.DEFINE_float("train_portion", hparams.TRAIN_PORTION,
+                       "Share of the training set used for search-train.",
+                       **d)
+    flags.DEFINE_integer("batch_size", hparams.SEARCH_BATCH_SIZE,
+                         "Global batch size of each half.", **d)
+    flags.DEFINE_integer("epochs", hparams.SEARCH_EPOCHS, "Search epochs "
+                         "(per stage for --edges=searched).", **d)
+    flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch; "
+                         "0: the whole split.", **d)
+    flags.DEFINE_string("space", "s1", f"One of {', '.join(S.SPACES)}.", **d)
+    flags.DEFINE_string("edges", "pruned",
+                        f"One of {', '.join(S.EDGE_LAYOUTS)}.", **d)
+    flags.DEFINE_integer("layers", 0, "Cells; 0: the space's.", **d)
+    flags.DEFINE_integer("init_channels", 0, "C; 0: the space's.", **d)
+    flags.DEFINE_list("operators", [], "Override the space's operators.", **d)
+    flags.DEFINE_string("arch_grad", "amended",
+                        f"One of {', '.join(bilevel.ARCH_GRADS)}.", **d)
+    flags.DEFINE_float("eta", hparams.ETA, "Amending coefficient (>= 0).",
+                       **d)
+    flags.DEFINE_string("hvp", "exact",
+                        f"One of {', '.join(bilevel.HVP_MODES)}.", **d)
+    flags.DEFINE_float("weight_lr", hparams.WEIGHT_LR, "Initial SGD lr.", **d)
+    flags.DEFINE_float("weight_lr_min", hparams.WEIGHT_LR_MIN,
+                       "Final SGD lr of the cosine schedule.", **d)
+    flags.DEFINE_float("momentum", hparams.WEIGHT_MOMENTUM, "SGD momentum.",
+                       **d)
+    flags.DEFINE_float("weight_decay", hparams.WEIGHT_DECAY,
+                       "Coupled L2 on weights.", **d)
+    flags.DEFINE_float("grad_clip", hparams.GRAD_CLIP_NORM,
+                       "Global-norm clip of weight gradients.", **d)
+    flags.DEFINE_float("arch_lr", hparams.ARCH_LR, "Adam lr.", **d)
+    flags.DEFINE_float("arch_beta1", hparams.ARCH_BETA_1, "Adam beta1.", **d)
+    flags.DEFINE_float("arch_beta2", hparams.ARCH_BETA_2, "Adam beta2.", **d)
+    flags.DEFINE_float("arch_weight_decay", hparams.ARCH_WEIGHT_DECAY,
+                       "Coupled L2 on architecture parameters.", **d)
+    flags.DEFINE_float("arch_init_scale", hparams.ARCH_INIT_SCALE,
+                       "Logits start at scale * N(0, 1); 0: equal weights.",
+                       **d)
+    flags.DEFINE_integer("cutout", 0, "Cutout length (0: off).", **d)
+    flags.DEFINE_integer("seed", 0, "Seed of data, initialisation, "
+                         "dropout.", **d)
+    flags.DEFINE_bool("deterministic", False, "Turn on TensorFlow op "
+                      "determinism (same flags + seed -> same genotype).",
+                      **d)
+    flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs.", **d)
+    flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress "
+                         "bar, 2: one line per epoch, 0: silent).", **d)
+    flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept.", **d)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """A validated search configuration (see `define_flags`)."""
+
+    model_dir: str
+    dataset: str = "cifar10"
+    data_dir: str = None
+    image_size: int = 0
+    train_portion: float = hparams.TRAIN_PORTION
+    batch_size: int = hparams.SEARCH_BATCH_SIZE
+    epochs: int = hparams.SEARCH_EPOCHS
+    steps_per_epoch: int = 0
+    space: str = "s1"
+    edges: str = "pruned"
+    layers: int = 0
+    init_channels: int = 0
+    operators: tuple = ()
+    arch_grad: str = "amended"
+    eta: float = hparams.ETA
+    hvp: str = "exact"
+    weight_lr: float = hparams.WEIGHT_LR
+    weight_lr_min: float = hparams.WEIGHT_LR_MIN
+    momentum: float = hparams.WEIGHT_MOMENTUM
+    weight_decay: float = hparams.WEIGHT_DECAY
+    grad_clip: float = hparams.GRAD_CLIP_NORM
+    arch_lr: float = hparams.ARCH_LR
+    arch_beta1: float = hparams.ARCH_BETA_1
+    arch_beta2: float = hparams.ARCH_BETA_2
+    arch_weight_decay: float = hparams.ARCH_WEIGHT_DECAY
+    arch_init_scale: float = hparams.ARCH_INIT_SCALE
+    cutout: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    tensorboard: bool = True
+    verbose: int = 1
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        validate(self)
+
+    def search_space(self):
+        """The `search_space.SearchSpace` with this config's overrides."""
+        overrides = {}
+        if self.layers:
+            overrides["layers"] = self.layers
+        if self.init_channels:
+            overrides["init_channels"] = self.init_channels
+        if self.operators:
+            overrides["operators"] = tuple(self.operators)
+        return S.get_space(self.space, **overrides)
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+def _fail(flag, accepted, value):
+    raise ValueError(f"Invalid --{flag}={value!r}. Accepted values: "
+                     f"{accepted}.")
+
+
+def validate(c):
+    """Raises ValueError naming the first invalid flag."""
+    if not c.model_dir:
+        _fail("model_dir", "a directory path", c.model_dir)
+    if c.dataset not in data.DATASETS:
+        _fail("dataset", ", ".join(data.DATASETS), c.dataset)
+    if c.space.lower() not in S.SPACES:
+        _fail("space", ", ".join(S.SPACES), c.space)
+    if c.edges not in S.EDGE_LAYOUTS:
+        _fail("edges", ", ".join(S.EDGE_LAYOUTS), c.edges)
+    bilevel.validate_estimator(c.arch_grad, c.eta, c.hvp)
+    if c.operators:
+        try:
+            S.check_operators(tuple(c.operators))
+        except ValueError as e:
+            raise ValueError(f"Invalid --operators: {e}") from None
+    positive = ("batch_size", "epochs")
+    for name in positive:
+        if getattr(c, name) < 1:
+            _fail(name, "an integer >= 1", getattr(c, name))
+    for name in ("steps_per_epoch", "layers", "init_channels", "image_size",
+                 "cutout", "seed"):
+        if getattr(c, name) < 0:
+            _fail(name, "an integer >= 0 (0: default/off)", getattr(c, name))
+    if c.layers and c.layers < 3:
+        _fail("layers", "0 (the space's) or an integer >= 3 (two "
+              "reduction cells at 1/3 and 2/3 of the depth)", c.layers)
+    if c.init_channels and c.init_channels % 2:
+        _fail("init_channels", "an even integer (FactorizedReduce halves "
+              "it)", c.init_channels)
+    if not 0.0 < c.train_portion < 1.0:
+        _fail("train_portion", "a number in (0, 1)", c.train_portion)
+    for name in ("weight_lr", "arch_lr"):
+        if not getattr(c, name) > 0:
+            _fail(name, "a number > 0", getattr(c, name))
+    for name in ("weight_lr_min", "weight_decay", "arch_weight_decay",
+                 "arch_init_scale", "grad_clip"):
+        if getattr(c, name) < 0:
+            _fail(name, "a number >= 0", getattr(c, name))
+    if c.weight_lr_min > c.weight_lr:
+        _fail("weight_lr_min", f"a number <= --weight_lr={c.weight_lr}",
+              c.weight_lr_min)
+    for name in ("momentum", "arch_beta1", "arch_beta2"):
+        if not 0.0 <= getattr(c, name) < 1.0:
+            _fail(name, "a number in [0, 1)", getattr(c, name))
+    if c.verbose not in (0, 1, 2):
+        _fail("verbose", "0, 1, 2", c.verbose)
+    if c.keep_checkpoints < 1:
+        _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
+
+
+def from_flags(fv=flags.FLAGS):
+    """A `SearchConfig` from parsed flag values."""
+    kwargs = {}
+    for field in dataclasses.fields(SearchConfig):
+        value = fv[field.name].value
+        if field.name == "operators":
+            value = tuple(value or ())
+        kwargs[field.name] = value
+    return SearchConfig(**kwargs)

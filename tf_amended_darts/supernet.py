@@ -1,0 +1,270 @@
+"""The search network: cells, architecture variables, genotype derivation.
+
+Parity with DARTS ``model_search.py``: a stem of ``3C`` channels (3x3 conv,
+affine BN), ``layers`` cells with reduction cells at ``layers // 3`` and
+``2 * layers // 3`` (channels doubled there), global average pooling and a
+linear classifier. Architecture parameters are softmaxed over operators per
+edge; shared by all cells of a type (S1, S3) or one set per cell (S2).
+
+The network owns two explicit variable lists, ``weight_variables`` and
+``arch_variables``, which is all `engine.BilevelSearch` needs.
+"""
+
+import keras
+import numpy as np
+from keras import ops as kops
+
+from tf_amended_darts import genotype as G
+from tf_amended_darts import hparams
+from tf_amended_darts import layers as L
+from tf_amended_darts import search_space as S
+from tf_amended_darts.cells import SearchCell
+
+
+@keras.saving.register_keras_serializable(package="tf_amended_darts")
+class SearchNetwork(keras.Model):
+    """The DARTS super-network.
+
+    Args:
+        num_classes: classifier outputs.
+        operators: candidate operators.
+        layers: number of cells.
+        init_channels: C of the first cells.
+        edges: ``pruned``, ``fixed`` or ``searched``.
+        stage: for ``searched``: 1 learns pair logits on all edges, 2
+            searches operators on the kept ``node_inputs``.
+        node_inputs: explicit per-node inputs (``searched`` stage 2), either
+            one list for all cells (shared spaces) or ``{"normal": ...,
+            "reduce": ...}``, or one list per cell (per-cell spaces).
+        shared: one set of architecture parameters per cell type (True) or
+            per cell (False).
+        steps: intermediate nodes per cell.
+        multiplier: nodes concatenated into the cell output.
+        stem_multiplier: stem width is ``stem_multiplier * init_channels``.
+        arch_init_scale: logits start at ``scale * N(0, 1)`` (DARTS 1e-3;
+            0 gives the equal weights the paper describes).
+        seed: seed of the architecture initialisation.
+        **kwargs: passed to `keras.Model`.
+    """
+
+    def __init__(self, num_classes, operators=S.DARTS_PRIMITIVES,
+                 layers=hparams.LAYERS, init_channels=hparams.INIT_CHANNELS,
+                 edges="pruned", stage=1, node_inputs=None, shared=True,
+                 steps=hparams.STEPS, multiplier=hparams.MULTIPLIER,
+                 stem_multiplier=hparams.STEM_MULTIPLIER,
+                 arch_init_scale=hparams.ARCH_INIT_SCALE, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        S.check_layout(edges)
+        S.check_operators(operators)
+        if stage not in (1, 2):
+            raise ValueError(f"Expected `stage` in (1, 2). Received: {stage}")
+        if edges == "searched" and stage == 2 and node_inputs is None:
+            raise ValueError("`searched` stage 2 needs `node_inputs` (the "
+                             "pairs kept by stage 1).")
+        self.num_classes = num_classes
+        self.operators = tuple(operators)
+        self.num_layers = layers
+        self.init_channels = init_channels
+        self.edges = edges
+        self.stage = stage
+        self.node_inputs = node_inputs
+        self.shared = shared
+        self.steps = steps
+        self.multiplier = multiplier
+        self.stem_multiplier = stem_multiplier
+        self.arch_init_scale = arch_init_scale
+        self.seed = seed
+        self.pair_logits = edges == "searched" and stage == 1
+        self.reductions = S.reduction_indices(layers)
+
+        c_curr = stem_multiplier * init_channels
+        self.stem_conv = L.Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
+        self.stem_bn = L.BatchNorm(affine=True, name="stem_bn")
+        self.cells = []
+        reduction_prev = False
+        c = init_channels
+        for i in range(layers):
+            reduction = i in self.reductions
+            if reduction:
+                c *= 2
+            self.cells.append(SearchCell(
+                self.cell_inputs(i), self.operators, c, reduction,
+                reduction_prev, multiplier, self.pair_logits,
+                name=f"cell_{i}"))
+            reduction_prev = reduction
+        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+
+    # -- structure ------------------------------------------------------------
+
+    def arch_key(self, i):
+        """The architecture-parameter set cell ``i`` uses."""
+        if not self.shared:
+            return f"cell_{i}"
+        return "reduce" if i in self.reductions else "normal"
+
+    def cell_inputs(self, i):
+        """Per-node inputs of cell ``i``."""
+        if self.edges == "searched" and self.stage == 2:
+            spec = self.node_inputs
+            if isinstance(spec, dict):
+                return spec[self.arch_key(i)]
+            if not self.shared and len(spec) == self.num_layers:
+                return spec[i]
+            return spec
+        layout = "pruned" if self.edges == "searched" else self.edges
+        return S.edge_list(layout, self.steps)
+
+    def arch_keys(self):
+        keys = []
+        for i in range(self.num_layers):
+            if self.arch_key(i) not in keys:
+                keys.append(self.arch_key(i))
+        return keys
+
+    # -- variables ------------------------------------------------------------
+
+    def build(self, input_shape):
+        rng = np.random.default_rng(self.seed)
+        self.alphas = {}
+        self.betas = {}
+        for key in self.arch_keys():
+            cell = self.cells[self._first_cell(key)]
+            init = self.arch_init_scale * rng.standard_normal(
+                (cell.num_edges, len(self.operators)))
+            self.alphas[key] = self.add_weight(
+                shape=init.shape, name=f"alpha_{key}",
+                initializer=keras.initializers.Constant(init))
+            if self.pair_logits:
+                n = S.num_pairs(self.steps)
+                init = self.arch_init_scale * rng.standard_normal((n,))
+                self.betas[key] = self.add_weight(
+                    shape=(n,), name=f"beta_{key}",
+                    initializer=keras.initializers.Constant(init))
+        input_shape = tuple(input_shape)
+        self.stem_conv.build(input_shape)
+        shape = self.stem_conv.compute_output_shape(input_shape)
+        self.stem_bn.build(shape)
+        s0 = s1 = tuple(shape)
+        for cell in self.cells:
+            cell.build((s0, s1))
+            n, h, w, _ = s1
+            if cell.reduction:
+                h, w = -(-h // 2), -(-w // 2)
+            s0, s1 = s1, (n, h, w, self.multiplier * cell.channels)
+        self.classifier.build((None, s1[-1]))
+        self._arch_ids = {id(v) for v in self.arch_variables}
+        self.built = True
+
+    def _first_cell(self, key):
+        return next(i for i in range(self.num_layers)
+                    if self.arch_key(i) == key)
+
+    def _pair_sizes(self):
+        return [S.input_pairs(j) for j in range(self.steps)]
+
+    @property
+    def arch_variables(self):
+        return list(self.alphas.values()) + list(self.betas.values())
+
+    @property
+    def weight_variables(self):
+        arch = {id(v) for v in self.arch_variables}
+        return [v for v in self.trainable_variables if id(v) not in arch]
+
+    # -- forward --------------------------------------------------------------
+
+    def _pair_probs(self, key):
+        probs, start = [], 0
+        beta = self.betas[key]
+        for pairs in self._pair_sizes():
+            probs.append(kops.softmax(beta[start:start + len(pairs)]))
+            start += len(pairs)
+        return probs
+
+    def call(self, x, training=False):
+        s = self.stem_bn(self.stem_conv(x), training=training)
+        s0 = s1 = s
+        weights = {k: kops.softmax(a, axis=-1) for k, a in self.alphas.items()}
+        pairs = ({k: self._pair_probs(k) for k in self.betas}
+                 if self.pair_logits else {})
+        for i, cell in enumerate(self.cells):
+            key = self.arch_key(i)
+            s0, s1 = s1, cell((s0, s1), weights[key], pairs.get(key),
+                              training=training)
+        pooled = kops.mean(s1, axis=(1, 2))
+        return self.classifier(pooled)
+
+    # -- architecture readout ---------------------------------------------------
+
+    def arch_weights(self):
+        """``{key: softmax(alpha)}`` (and ``beta_<key>`` pair probabilities)."""
+        out = {k: _softmax(v.numpy()) for k, v in self.alphas.items()}
+        for k, v in self.betas.items():
+            b = v.numpy()
+            start, parts = 0, []
+            for pairs in self._pair_sizes():
+                parts.append(_softmax(b[start:start + len(pairs)]))
+                start += len(pairs)
+            out[f"beta_{k}"] = np.concatenate(parts)
+        return out
+
+    def stage1_pairs(self):
+        """``searched`` stage 1: each node's argmax pair, per key."""
+        w = self.arch_weights()
+        return {k: [list(p) for p in G.derive_pairs(w[f"beta_{k}"],
+                                                    self.steps)]
+                for k in self.betas}
+
+    def genotype(self, metadata=None):
+        """The discrete genotype by the DARTS rules for this layout."""
+        w = self.arch_weights()
+        if self.edges == "pruned" or self.pair_logits:
+            layout, inputs = "pruned", {}
+            if self.pair_logits:
+                layout = "searched"
+                inputs = self.stage1_pairs()
+                # operator choice on the pair's edges, from the all-edge
+                # weights rows of those edges
+                w = {k: _rows_for_pairs(w[k], inputs[k]) for k in inputs}
+        else:
+            layout = self.edges
+            inputs = {k: self.cell_inputs(self._first_cell(k))
+                      for k in self.arch_keys()}
+        if self.shared:
+            return G.derive_shared(
+                w["normal"], w["reduce"], self.operators, layout=layout,
+                steps=self.steps, multiplier=self.multiplier,
+                inputs_normal=inputs.get("normal"),
+                inputs_reduce=inputs.get("reduce"), metadata=metadata)
+        keys = self.arch_keys()
+        return G.derive_per_cell(
+            [w[k] for k in keys], self.operators, self.reductions,
+            layout=layout, steps=self.steps, multiplier=self.multiplier,
+            cell_inputs=[inputs.get(k) for k in keys] if inputs else None,
+            metadata=metadata)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes, operators=list(self.operators),
+            layers=self.num_layers, init_channels=self.init_channels,
+            edges=self.edges, stage=self.stage, node_inputs=self.node_inputs,
+            shared=self.shared, steps=self.steps, multiplier=self.multiplier,
+            stem_multiplier=self.stem_multiplier,
+            arch_init_scale=self.arch_init_scale, seed=self.seed)
+        return config
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _rows_for_pairs(weights, pairs, steps=None):
+    """Rows of the all-edge weights for each node's kept pair."""
+    rows, offset = [], 0
+    for j, pair in enumerate(pairs):
+        for i in pair:
+            rows.append(weights[offset + i])
+        offset += j + 2
+    return np.stack(rows)
