@@ -111,6 +111,9 @@ def run(config):
     G.atomic_write(os.path.join(config.model_dir, "config.json"),
                    config.to_json())
     keras.utils.set_random_seed(config.seed)
+    if not config.grappler:
+        tf.config.optimizer.set_experimental_options(
+            {"disable_meta_optimizer": True})
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if config.edges != "searched":

@@ -71,6 +71,10 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress "
                          "bar, 2: one line per epoch, 0: silent).", **d)
     flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept.", **d)
+    flags.DEFINE_bool("grappler", False, "Keep TensorFlow's graph optimiser "
+                      "on. Off by default: it doubles the first step's "
+                      "compile time and did not speed up steps (README, "
+                      "Benchmarks).", **d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,7 @@ class SearchConfig:
     tensorboard: bool = True
     verbose: int = 1
     keep_checkpoints: int = 2
+    grappler: bool = False
 
     def __post_init__(self):
         validate(self)

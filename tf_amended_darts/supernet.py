@@ -177,7 +177,10 @@ class SearchNetwork(keras.Model):
         probs, start = [], 0
         beta = self.betas[key]
         for pairs in self._pair_sizes():
-            probs.append(kops.softmax(beta[start:start + len(pairs)]))
+            logits = beta[start:start + len(pairs)]
+            # one pair (node 0): probability 1, the logit has no effect
+            probs.append(kops.softmax(logits) if len(pairs) > 1
+                         else kops.ones_like(logits))
             start += len(pairs)
         return probs
 
