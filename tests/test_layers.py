@@ -6,6 +6,8 @@ respect to the trainable weights and the input) and the mixed second
 derivative d/dalpha <grad_w L, u>, alpha scaling the output.
 """
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -205,12 +207,35 @@ SINGLE_LAYERS = {
     "depthwise_bias": lambda: L.DepthwiseConv2D(
         3, 1, 1, use_bias=True, dtype=F64
     ),
+    # Dilated depthwise paths: space-to-batch (stride 1), x[::d] (stride ==
+    # dilation, padding a multiple of it, above), generic (below).
+    "depthwise_k3_s1_dil2": lambda: L.DepthwiseConv2D(
+        3, 1, 2, dilation=2, dtype=F64
+    ),
+    "depthwise_k3_s2_dil2_p1": lambda: L.DepthwiseConv2D(
+        3, 2, 1, dilation=2, dtype=F64
+    ),
+}
+
+# Layers whose 5x5 case takes TF's 'SAME' pooling path, again on 6x6, where
+# PyTorch's stride-2 windows need explicit padding.
+EVEN_SHAPE = (2, 6, 6, 3)
+EVEN_LAYERS = {
+    "max_pool_s2_even": lambda: L.MaxPool2D(3, 2, 1, dtype=F64),
+    "avg_pool_s2_even": lambda: L.AvgPool2D(3, 2, 1, dtype=F64),
+    "conv_k3_s2_even": lambda: L.Conv2D(4, 3, 2, 1, dtype=F64),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SINGLE_LAYERS))
 def test_layer_derivatives_match_finite_differences(name):
     fn, params, x = single_layer_case(SINGLE_LAYERS[name](), SHAPE)
+    check_derivatives(fn, params, x)
+
+
+@pytest.mark.parametrize("name", sorted(EVEN_LAYERS))
+def test_layer_derivatives_on_even_sizes_match_finite_differences(name):
+    fn, params, x = single_layer_case(EVEN_LAYERS[name](), EVEN_SHAPE)
     check_derivatives(fn, params, x)
 
 
@@ -414,6 +439,96 @@ def test_avg_pool_forward_matches_pytorch_semantics(size, k, s, p, include):
     assert layer.compute_output_shape(x.shape) == expected.shape
 
 
+def _np_max_pool_grad(x, w, k, s, p):
+    """d sum(w * max_pool(x)) / dx, each window's gradient going to its
+    first maximum in row-major order (PyTorch's and the layer's choice)."""
+    n, h, wd, c = x.shape
+    xp = np.full((n, h + 2 * p, wd + 2 * p, c), -np.inf)
+    xp[:, p : p + h, p : p + wd] = x
+    grad = np.zeros_like(xp)
+    for i in range(w.shape[1]):
+        for j in range(w.shape[2]):
+            window = xp[:, i * s : i * s + k, j * s : j * s + k]
+            first = window.reshape(n, k * k, c).argmax(axis=1)
+            for b in range(n):
+                for ch in range(c):
+                    di, dj = divmod(first[b, ch], k)
+                    grad[b, i * s + di, j * s + dj, ch] += w[b, i, j, ch]
+    return grad[:, p : p + h, p : p + wd]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("size,k,s,p", POOL_CASES[1:])
+def test_max_pool_gradient_at_ties_goes_to_first_maximum(size, k, s, p, jit):
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 3, size=(2, size, size, 2)).astype(F64)  # ties
+    layer = L.MaxPool2D(k, s, p, dtype=F64)
+    w = rng.normal(size=layer.compute_output_shape(x.shape))
+
+    @tf.function(jit_compile=jit)  # XLA: the shifted-slices fallback
+    def grad(h):
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            value = tf.reduce_sum(w * layer(h))
+        return tape.gradient(value, h)
+
+    np.testing.assert_allclose(
+        grad(tf.constant(x)), _np_max_pool_grad(x, w, k, s, p), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_max_pool_xla_fallback_matches_gather_and_its_hvp(strides):
+    # XLA has no arg-max pooling: under jit_compile the layer takes maxima
+    # of shifted slices; both must agree on outputs and second derivatives.
+    layer = L.MaxPool2D(3, strides, 1, dtype=F64)
+    rng = np.random.default_rng(12)
+    x, v = (tf.constant(rng.normal(size=EVEN_SHAPE)) for _ in range(2))
+
+    def hvp(h):
+        with tf.GradientTape() as outer:
+            outer.watch(h)
+            with tf.GradientTape() as inner:
+                inner.watch(h)
+                y = layer(h)
+                value = tf.reduce_sum(tf.sin(y))
+            target = tf.reduce_sum(inner.gradient(value, h) * v)
+        return y, outer.gradient(target, h)
+
+    plain, xla = tf.function(hvp), tf.function(hvp, jit_compile=True)
+    for fn, argmax in ((plain, True), (xla, False)):
+        graph = fn.get_concrete_function(x).graph
+        types = {op.type for op in graph.get_operations()}
+        assert ("MaxPoolWithArgmax" in types) == argmax
+        assert "MaxPoolGradGrad" not in types and "MaxPool" not in types
+    (y0, h0), (y1, h1) = plain(x), xla(x)
+    np.testing.assert_array_equal(y0, y1)
+    np.testing.assert_allclose(h0, h1, rtol=1e-12, atol=1e-12)
+
+
+DYNAMIC_LAYERS = [
+    lambda: L.MaxPool2D(3, 2, 1, dtype=F64),
+    lambda: L.AvgPool2D(3, 2, 1, dtype=F64),
+    lambda: L.AvgPool2D(3, 1, 1, dtype=F64),
+    lambda: L.AvgPool2D(3, 2, 1, count_include_pad=True, dtype=F64),
+    lambda: L.DepthwiseConv2D(3, 1, 2, dilation=2, dtype=F64),
+    lambda: L.DepthwiseConv2D(3, 2, 2, dilation=2, dtype=F64),
+    lambda: L.Conv2D(3, 3, 2, 1, dtype=F64),
+]
+
+
+@pytest.mark.parametrize("size", [6, 7])
+@pytest.mark.parametrize("index", range(len(DYNAMIC_LAYERS)))
+def test_unknown_spatial_sizes_give_the_same_outputs(index, size):
+    # Static sizes select TF's 'SAME' / space-to-batch shortcuts; traced
+    # with unknown sizes, the generic paths must agree.
+    layer = DYNAMIC_LAYERS[index]()
+    x = tf.constant(np.random.default_rng(13).normal(size=(2, size, size, 3)))
+    spec = tf.TensorSpec((None, None, None, 3), F64)
+    dynamic = tf.function(layer, input_signature=[spec])
+    np.testing.assert_allclose(dynamic(x), layer(x), rtol=1e-12, atol=1e-14)
+
+
 def _np_conv(x, kernel, s, p, d, depthwise=False):
     """PyTorch conv2d (groups=C when depthwise) on NHWC numpy data."""
     n, h, w, c = x.shape
@@ -443,6 +558,9 @@ CONV_CASES = [  # (size, kernel_size, strides, padding, dilation)
     (7, 5, 2, 4, 2),
     (6, 3, 1, 2, 2),
     (6, 1, 2, 0, 1),
+    (7, 3, 2, 1, 2),  # stride == dilation, padding not a multiple of it
+    (7, 3, 1, 1, 2),  # stride 1, dilated: space-to-batch with a cropped row
+    (8, 5, 1, 4, 2),
 ]
 
 
@@ -516,6 +634,112 @@ def test_stateless_call_returns_updated_moving_statistics():
     np.testing.assert_array_equal(bn.moving_mean, np.zeros(4))
     np.testing.assert_array_equal(bn.moving_variance, np.ones(4))
     assert y.shape == (2, 3, 3, 4)
+
+
+def test_frozen_statistics_normalise_without_updates():
+    rng = np.random.default_rng(14)
+    x = tf.constant(rng.normal(size=(4, 3, 3, 5)) * 2 + 1, "float32")
+    bn = L.BatchNorm(affine=True)
+    bn.build(x.shape)
+    bn.gamma.assign(rng.normal(size=5))
+    before = [np.asarray(v) for v in bn.non_trainable_variables]
+    traced = tf.function(lambda h: bn(h, training=True))
+    assert not L.statistics_frozen()
+    with L.frozen_statistics():
+        assert L.statistics_frozen()
+        with L.frozen_statistics():  # nests
+            pass
+        assert L.statistics_frozen()
+        frozen_eager = bn(x, training=True)
+        graph = traced.get_concrete_function(x).graph
+        frozen_graph = traced(x)
+    assert not L.statistics_frozen()
+    types = [op.type for op in graph.get_operations()]
+    assert not [t for t in types if t.startswith("Assign")]
+    assert types.count("ReadVariableOp") == 2  # gamma and beta only
+    for var, value in zip(bn.non_trainable_variables, before, strict=True):
+        np.testing.assert_array_equal(var, value)
+    # Same output as an updating training-mode call (which does update).
+    updating = bn(x, training=True)
+    np.testing.assert_array_equal(frozen_eager, updating)
+    np.testing.assert_array_equal(frozen_graph, updating)
+    assert not np.array_equal(bn.moving_mean, before[0])
+    # The trace keeps the switch it was traced with.
+    traced(x)
+    np.testing.assert_array_equal(bn.moving_mean, 0.1 * np.mean(x, (0, 1, 2)))
+
+
+def test_frozen_statistics_under_stateless_call():
+    bn = L.BatchNorm(affine=False)
+    x = np.random.default_rng(15).normal(size=(2, 4, 4, 3)).astype("float32")
+    bn.build(x.shape)
+    non_trainable = [v.value for v in bn.non_trainable_variables]
+
+    @tf.function
+    def run(h):
+        with L.frozen_statistics():
+            return bn.stateless_call([], non_trainable, h, training=True)
+
+    y, new_non_trainable = run(x)
+    for new, old in zip(new_non_trainable, non_trainable, strict=True):
+        np.testing.assert_array_equal(new, old)
+    np.testing.assert_allclose(y, _np_bn_train(x, 1.0, 0.0), atol=1e-5)
+
+
+def test_frozen_statistics_reach_replica_threads_of_the_traced_graph():
+    # MirroredStrategy traces each replica in its own thread, which does not
+    # inherit context variables; the switch entered while tracing the
+    # graph still holds there.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    x = tf.constant(np.ones((2, 3, 3, 4)), "float32")
+    with strategy.scope():
+        bn = L.BatchNorm(affine=False)
+        bn.build(x.shape)
+    threads = []
+
+    def replica(h):
+        threads.append(threading.current_thread())
+        return bn(h, training=True)
+
+    def traced_types(frozen):
+        @tf.function
+        def step(h):
+            if not frozen:
+                return strategy.run(replica, (h,))
+            with L.frozen_statistics():
+                return strategy.run(replica, (h,))
+
+        graph = step.get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "AssignVariableOp" in traced_types(False)
+    assert "AssignVariableOp" not in traced_types(True)
+    assert threading.main_thread() not in threads
+
+
+def test_moving_variance_with_unknown_batch_size_is_unbiased():
+    x = np.random.default_rng(16).normal(size=(3, 2, 2, 4))
+    static, dynamic = L.BatchNorm(dtype=F64), L.BatchNorm(dtype=F64)
+    static(x, training=True)
+    dynamic.build(x.shape)
+    spec = tf.TensorSpec((None, None, None, 4), F64)
+    tf.function(lambda h: dynamic(h, training=True), input_signature=[spec])(x)
+    for a, b in zip(static.weights, dynamic.weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_graph_constants_are_shared_and_free_of_control_dependencies():
+    @tf.function
+    def fn(h):
+        first = L.graph_constant((0, 1, 2), tf.int32)
+        with tf.control_dependencies([tf.print(h)]):
+            again = L.graph_constant((0, 1, 2), tf.int32)
+            other = L.graph_constant(1e-5, h.dtype)
+        assert again is first
+        assert not other.op.control_inputs
+        return h
+
+    fn(tf.zeros(()))
 
 
 CONFIG_LAYERS = [

@@ -127,6 +127,21 @@ def test_factorized_reduce_matches_reference_alignment():
     np.testing.assert_allclose(y, expected, rtol=1e-12)
 
 
+def test_factorized_reduce_pads_the_shifted_half_on_odd_sizes():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 7, 7, 4))
+    fr = ops.FactorizedReduce(6, affine=False, dtype=F64)
+    y = np.asarray(fr(x, training=False))
+    relu = np.maximum(x, 0.0)
+    w1 = np.asarray(fr.conv_1.kernel)[0, 0]
+    w2 = np.asarray(fr.conv_2.kernel)[0, 0]
+    shifted = np.pad(relu[:, 1:, 1:], [(0, 0), (0, 1), (0, 1), (0, 0)])
+    expected = np.concatenate(
+        [relu[:, ::2, ::2] @ w1, shifted[:, ::2, ::2] @ w2], axis=-1
+    ) / np.sqrt(1.0 + L.PYTORCH_BN_EPSILON)
+    np.testing.assert_allclose(y, expected, rtol=1e-12)
+
+
 def test_zero_and_identity():
     x = np.random.default_rng(2).normal(size=(1, 5, 5, 3)).astype("float32")
     zero = ops.make_op("none", 3, 2)(x)
@@ -171,6 +186,47 @@ def _op_case(name, stride, affine, shape, seed):
 def test_graph_hvp_matches_finite_differences(name, stride, affine):
     fn, params, x = _op_case(name, stride, affine, (2, 6, 6, 4), seed=3)
     check_derivatives(fn, params, x)
+
+
+def _graph_hvp(op, x, v):
+    """Graph-mode HVP w.r.t. the input of sum(sin(bn(relu(op(x)))))."""
+    bn = L.BatchNorm(affine=False, dtype=op.dtype_policy)
+    kwargs = {"training": True} if op._call_has_training_arg else {}
+
+    @tf.function
+    def hvp(h):
+        with tf.GradientTape() as outer:
+            outer.watch(h)
+            with tf.GradientTape() as inner:
+                inner.watch(h)
+                y = bn(tf.nn.relu(op(h, **kwargs)), training=True)
+                value = tf.reduce_sum(tf.sin(0.7 * y + 0.3))
+            target = tf.reduce_sum(inner.gradient(value, h) * v)
+        return outer.gradient(target, h)
+
+    return np.asarray(hvp(x), np.float64)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", [n for n in ops.PRIMITIVES if n != "none"])
+def test_float32_graph_hvp_matches_float64(name, stride):
+    # The float64 checks above do not run the float32 kernels (oneDNN on
+    # CPU); their graph-mode second derivatives must agree too.
+    rng = np.random.default_rng(7)
+    x, v = (rng.normal(size=(2, 6, 6, 4)) for _ in range(2))
+    results, weights = [], None
+    for dtype in (F64, "float32"):
+        op = ops.make_op(name, 4, stride, affine=False, dtype=dtype)
+        op.build(x.shape)
+        if weights is None:
+            weights = op.get_weights()
+        else:
+            op.set_weights(weights)
+        h, direction = (tf.constant(a, dtype) for a in (x, v))
+        with L.frozen_statistics():
+            results.append(_graph_hvp(op, h, direction))
+    exact, single = results
+    assert np.linalg.norm(single - exact) < 1e-4 * np.linalg.norm(exact)
 
 
 def test_relu_conv_bn_hvp_matches_finite_differences():

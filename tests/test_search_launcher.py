@@ -115,3 +115,24 @@ def test_cifar10_search_through_tfds_mock(tmp_path):
             "--steps_per_epoch=1", "--verbose=0", "--arch_grad=first_order",
             f"--model_dir={tmp_path / 'run'}"])
     assert len(genotype.normal) == 8
+
+
+SEARCH_FLAGFILES = sorted(
+    f for f in os.listdir(os.path.join(os.path.dirname(__file__), "..",
+                                       "flags"))
+    if f.endswith(".cfg") and not f.startswith(("retrain", "base")))
+
+
+@pytest.mark.parametrize("name", SEARCH_FLAGFILES)
+def test_every_search_flagfile_is_a_valid_config(name, tmp_path,
+                                                 monkeypatch):
+    monkeypatch.chdir(os.path.join(os.path.dirname(__file__), ".."))
+    fv = _flag_values([f"--flagfile=flags/{name}",
+                       f"--model_dir={tmp_path}"])
+    config = search_config.from_flags(fv)
+    space = config.search_space()
+    if name.startswith("s2"):
+        assert (space.layers, space.init_channels) == (20, 36)
+        assert not space.shared_per_cell_type
+    if name == "table1_ablation_no_amending.cfg":
+        assert config.eta == 0 and config.epochs == 200

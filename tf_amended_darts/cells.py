@@ -9,6 +9,7 @@ have stride 2.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops as kops
 
 from tf_amended_darts import layers as L
@@ -69,6 +70,8 @@ class MixedEdge(keras.layers.Layer):
     def call(self, x, weights, training=False):
         if not self.candidates:
             return self.zero(x)
+        # one unstack instead of a strided slice per operator
+        weights = tf.unstack(weights, num=len(self.operators))
         out = None
         for k, op in zip(self.indices, self.candidates):
             y = weights[k] * op(x, training=training)
@@ -139,6 +142,7 @@ class SearchCell(keras.layers.Layer):
         s0, s1 = inputs
         states = [self.preprocess0(s0, training=training),
                   self.preprocess1(s1, training=training)]
+        edge_weights = tf.unstack(edge_weights, num=self.num_edges)
         e = 0
         for j, node_in in enumerate(self.node_inputs):
             coeffs = None

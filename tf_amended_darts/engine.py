@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_amended_darts import bilevel, hparams
+from tf_amended_darts import bilevel, hparams, layers
 from tf_amended_darts.optimizers import TorchAdam, TorchSGD
 
 
@@ -233,9 +233,12 @@ class BilevelSearch(keras.Model):
 
         def loss_fn(w, a):
             values = [w[i] if kind == "w" else a[i] for kind, i in layout]
-            outputs, _ = self.network.stateless_call(
-                values, non_trainable, x, training=True
-            )
+            # Batch statistics, no moving-statistic updates (they would be
+            # discarded): a smaller graph.
+            with layers.frozen_statistics():
+                outputs, _ = self.network.stateless_call(
+                    values, non_trainable, x, training=True
+                )
             if record is not None and "outputs" not in record:
                 record["outputs"] = outputs
             return self.compute_search_loss(y, outputs)

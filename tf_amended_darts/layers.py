@@ -16,10 +16,32 @@ are right, with PyTorch semantics (explicit symmetric padding, PyTorch batch
 norm statistics) so that outputs align with the PyTorch DARTS reference
 (quark0/darts) at every stride. All layers take NHWC input and compute in the
 layer's compute dtype (any float dtype).
+
+Graph size. Tracing costs Python time per graph node, and the bi-level step
+traces the supernet forward, backward and double-backward, so every layer is
+written to emit few nodes (`tests/test_graph_size.py` pins the counts): raw
+`tf` ops, no no-op casts, PyTorch padding folded into the op where TF allows
+it (explicit convolution padding, 'SAME' pooling when it coincides), and
+constants shared by every layer of the graph being traced (`graph_constant`).
+`frozen_statistics()` lets functional passes trace training-mode batch norms
+without moving-statistic updates.
 """
 
+import contextlib
+import contextvars
+import threading
+import weakref
+
 import keras
+import numpy as np
 import tensorflow as tf
+
+try:  # Private, used only to detect an XLA (jit_compile) trace.
+    from tensorflow.python.ops.control_flow_util import (
+        GraphOrParentsInXlaContext as _graph_in_xla_context,
+    )
+except ImportError:  # pragma: no cover - layout of a future TF
+    _graph_in_xla_context = None
 
 # torch.nn.BatchNorm2d defaults, used by DARTS (quark0/darts, operations.py).
 # PyTorch's momentum weights the new batch statistic; the Keras convention
@@ -31,6 +53,8 @@ BN_MOMENTUM = 1.0 - PYTORCH_BN_MOMENTUM  # Keras convention: 0.9
 # torch.nn.Conv2d default init, kaiming_uniform_(a=sqrt(5)): uniform with
 # bound 1 / sqrt(fan_in), i.e. VarianceScaling(scale=1/3, fan_in, uniform).
 PYTORCH_CONV_INIT_SCALE = 1.0 / 3.0
+
+_NHW = (0, 1, 2)  # batch-norm reduction axes (NHWC)
 
 
 def pytorch_conv_initializer():
@@ -57,33 +81,157 @@ def check_bool(name, value):
         )
 
 
-def _pad_hw(x, padding, constant=0):
-    """Pads height and width symmetrically by `padding` (PyTorch style)."""
-    if padding == 0:
-        return x
-    pads = [[0, 0], [padding, padding], [padding, padding], [0, 0]]
-    return tf.pad(x, pads, constant_values=constant)
+# ---------------------------------------------------------------------------
+# Constants shared within a traced graph.
+# ---------------------------------------------------------------------------
+
+# graph -> {key: tensor}. Weak keys: the entries die with the graph.
+_GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
+_GRAPH_CONSTANTS_LOCK = threading.Lock()
 
 
-def _window_slices(x, pool_size, strides):
-    """Yields the `pool_size**2` strided shifted views of a padded NHWC `x`.
+def _graph_cached(key, make):
+    """`make()` once per graph being built (and thread), shared afterwards.
 
-    Element `(i, j)` of view `(di, dj)` is `x[:, i * s + di, j * s + dj, :]`;
-    there are `(size - pool_size) // s + 1` rows and columns (floor mode, as
-    PyTorch's `ceil_mode=False`). Works with unknown (dynamic) sizes.
+    Eagerly, `make()` runs on every call. In a graph the tensor is created
+    outside any control-dependency scope, so that any op of the graph may
+    use it; the thread is part of the key because `tf.distribute` replicas
+    build the same graph in their own threads under their own devices.
     """
-    sizes = []
-    for axis in (1, 2):
-        size = x.shape[axis]
-        if size is None:
-            size = tf.shape(x)[axis]
-        sizes.append((size - pool_size) // strides + 1)
-    out_h, out_w = sizes
-    for di in range(pool_size):
-        end_h = di + (out_h - 1) * strides + 1
-        for dj in range(pool_size):
-            end_w = dj + (out_w - 1) * strides + 1
-            yield x[:, di:end_h:strides, dj:end_w:strides, :]
+    if tf.executing_eagerly():
+        return make()
+    graph = tf.compat.v1.get_default_graph()
+    key = (threading.get_ident(),) + key
+    with _GRAPH_CONSTANTS_LOCK:
+        cache = _GRAPH_CONSTANTS.setdefault(graph, {})
+        tensor = cache.get(key)
+    if tensor is None:
+        with graph.control_dependencies(None):
+            tensor = make()
+        with _GRAPH_CONSTANTS_LOCK:
+            tensor = cache.setdefault(key, tensor)
+    return tensor
+
+
+def graph_constant(value, dtype):
+    """A constant shared by every use within the graph being traced.
+
+    Args:
+        value: A Python number or a (nested) tuple of numbers (hashable).
+        dtype: Its TF dtype.
+
+    Returns:
+        A tensor (a fresh eager tensor when executing eagerly).
+    """
+    dtype = tf.as_dtype(dtype)
+    return _graph_cached(
+        ("constant", dtype.name, value), lambda: tf.constant(value, dtype)
+    )
+
+
+def _in_xla_context():
+    """Whether the graph being built is compiled by XLA (`jit_compile`)."""
+    if _graph_in_xla_context is None or tf.executing_eagerly():
+        return False
+    return _graph_in_xla_context(tf.compat.v1.get_default_graph())
+
+
+def _strided_slice(x, begin, end, strides, end_mask=0):
+    """`tf.strided_slice` with its index vectors shared within the graph."""
+    return tf.strided_slice(
+        x,
+        graph_constant(tuple(begin), tf.int32),
+        graph_constant(tuple(end), tf.int32),
+        graph_constant(tuple(strides), tf.int32),
+        end_mask=end_mask,
+    )
+
+
+def subsample_hw(x, stride, start=0):
+    """`x[:, start::stride, start::stride, :]` (index constants shared)."""
+    begin = (0, start, start, 0)
+    return _strided_slice(x, begin, (0, 0, 0, 0), (1, stride, stride, 1), 15)
+
+
+def pad_hw(x, pads, constant=None):
+    """Pads height and width by `pads = ((top, bottom), (left, right))`.
+
+    An `int` pads all four sides alike (PyTorch style). `constant` (a
+    Python number) fills the padding; zeros by default.
+    """
+    if isinstance(pads, int):
+        pads = ((pads, pads), (pads, pads))
+    pads = tuple(tuple(int(p) for p in side) for side in pads)
+    if not any(any(side) for side in pads):
+        return x
+    paddings = graph_constant(((0, 0),) + pads + ((0, 0),), tf.int32)
+    if constant is None:
+        return tf.pad(x, paddings)
+    return tf.pad(
+        x, paddings, constant_values=graph_constant(constant, x.dtype)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Frozen batch-norm statistics.
+# ---------------------------------------------------------------------------
+
+_FROZEN = contextvars.ContextVar("frozen_statistics", default=0)
+# Graphs traced inside `frozen_statistics()`: threads that build the same
+# graph (`tf.distribute.MirroredStrategy` replicas) see the switch as well.
+_FROZEN_GRAPHS = weakref.WeakKeyDictionary()
+_FROZEN_GRAPHS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def frozen_statistics():
+    """Training-mode `BatchNorm`s inside make no moving-statistic updates.
+
+    They still normalise with the batch statistics (the training-mode
+    output is unchanged), but create no variable reads or assignments, so
+    a traced forward pass is smaller and leaves the moving statistics (and
+    `stateless_call`'s returned non-trainable values) untouched. Meant for
+    functional passes whose statistic updates are discarded anyway.
+
+    The switch is read when a layer is called, i.e. when a `tf.function`
+    traces: a function traced outside the block keeps its updates when
+    called inside it, and vice versa. It holds for the current context
+    (thread / task) and, when entered while a graph is being traced, for
+    every thread building that graph (`tf.distribute` replicas).
+
+    Yields:
+        None.
+    """
+    token = _FROZEN.set(_FROZEN.get() + 1)
+    graph = None
+    if not tf.executing_eagerly():
+        graph = tf.compat.v1.get_default_graph()
+        with _FROZEN_GRAPHS_LOCK:
+            _FROZEN_GRAPHS[graph] = _FROZEN_GRAPHS.get(graph, 0) + 1
+    try:
+        yield
+    finally:
+        _FROZEN.reset(token)
+        if graph is not None:
+            with _FROZEN_GRAPHS_LOCK:
+                depth = _FROZEN_GRAPHS.pop(graph) - 1
+                if depth:
+                    _FROZEN_GRAPHS[graph] = depth
+
+
+def statistics_frozen():
+    """Whether `frozen_statistics()` is in force here (see there)."""
+    if _FROZEN.get():
+        return True
+    if not _FROZEN_GRAPHS or tf.executing_eagerly():
+        return False
+    graph = tf.compat.v1.get_default_graph()
+    with _FROZEN_GRAPHS_LOCK:
+        while graph is not None:
+            if graph in _FROZEN_GRAPHS:
+                return True
+            graph = getattr(graph, "outer_graph", None)
+    return False
 
 
 class ConfigLayer(keras.layers.Layer):
@@ -115,7 +263,8 @@ class BatchNorm(ConfigLayer):
     `moving = momentum * moving + (1 - momentum) * batch`, with the unbiased
     batch variance (`n / (n - 1)`) for `moving_variance`. The updates are plain
     `variable.assign` calls, so under `model.stateless_call` they come back in
-    the returned non-trainable values; every training-mode call updates them.
+    the returned non-trainable values; every training-mode call updates them,
+    except inside `frozen_statistics()`, which makes no update at all.
     Under a `tf.distribute` strategy each replica normalises with its own
     batch statistics and the moving statistics take the mean of the replicas'
     updates (`aggregation="mean"`). Inference mode uses the moving statistics.
@@ -186,32 +335,48 @@ class BatchNorm(ConfigLayer):
     def call(self, inputs, training=None):
         dtype = self.compute_dtype
         x = tf.cast(inputs, dtype)
+        axes = graph_constant(_NHW, tf.int32)
         if training:
-            mean = tf.reduce_mean(x, axis=(0, 1, 2))
+            mean = tf.reduce_mean(x, axes)
             centred = x - mean
-            variance = tf.reduce_mean(tf.square(centred), axis=(0, 1, 2))
-            self._update_moving_statistics(x, mean, variance)
+            variance = tf.reduce_mean(tf.square(centred), axes)
+            if not statistics_frozen():
+                self._update_moving_statistics(x, mean, variance)
         else:
             centred = x - tf.cast(self.moving_mean, dtype)
             variance = tf.cast(self.moving_variance, dtype)
-        outputs = centred * tf.math.rsqrt(variance + self.epsilon)
-        if self.affine:
-            outputs = outputs * tf.cast(self.gamma, dtype)
-            outputs = outputs + tf.cast(self.beta, dtype)
-        return outputs
+        scale = tf.math.rsqrt(variance + graph_constant(self.epsilon, dtype))
+        if not self.affine:
+            return centred * scale
+        scale = scale * tf.cast(self.gamma, dtype)
+        return centred * scale + tf.cast(self.beta, dtype)
 
     def _update_moving_statistics(self, x, mean, variance):
-        variance = tf.stop_gradient(variance)
-        shape = tf.shape(x)
-        count = tf.cast(shape[0] * shape[1] * shape[2], variance.dtype)
-        # PyTorch stores the unbiased variance; guard n == 1.
-        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
-        for var, value in (
-            (self.moving_mean, tf.stop_gradient(mean)),
-            (self.moving_variance, unbiased),
+        # moving <- momentum * moving + (1 - momentum) * batch statistic,
+        # PyTorch storing the unbiased variance (n / (n - 1), n == 1 guarded).
+        # No stop_gradient needed: nothing differentiable reads the result.
+        momentum = self.momentum
+        n = 1
+        for size in x.shape[:3]:
+            n = None if size is None or n is None else n * size
+        for var, value, unbias in (
+            (self.moving_mean, mean, False),
+            (self.moving_variance, variance, True),
         ):
-            value = tf.cast(value, var.dtype)
-            var.assign(self.momentum * var + (1.0 - self.momentum) * value)
+            dtype = tf.as_dtype(var.dtype)
+            value = tf.cast(value, dtype)
+            rate = 1.0 - momentum
+            if unbias and n is not None:
+                rate *= n / max(n - 1, 1)
+            elif unbias:
+                size = tf.cast(tf.size(x, out_type=tf.int64), dtype)
+                channels = graph_constant(float(x.shape[-1]), dtype)
+                value = value * (size / tf.maximum(size - channels, channels))
+            old = tf.cast(var.value, dtype)
+            var.assign(
+                old * graph_constant(momentum, dtype)
+                + value * graph_constant(rate, dtype)
+            )
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -238,23 +403,68 @@ class _Pool2D(ConfigLayer):
         self.strides = strides
         self.padding = padding
 
+    def _out_size(self, size):
+        return (size + 2 * self.padding - self.pool_size) // self.strides + 1
+
     def compute_output_shape(self, input_shape):
         out = list(input_shape)
         for axis in (1, 2):
             if out[axis] is not None:
-                size = out[axis] + 2 * self.padding - self.pool_size
-                out[axis] = size // self.strides + 1
+                out[axis] = self._out_size(out[axis])
         return tuple(out)
+
+    def _window(self):
+        k, s = self.pool_size, self.strides
+        return [1, k, k, 1], [1, s, s, 1]
+
+    def _same_is_pytorch(self, size):
+        """Whether TF 'SAME' windows on `size` are PyTorch's windows.
+
+        TF pads `total // 2` before and the rest after, to `ceil(size / s)`
+        outputs; PyTorch pads `padding` before, to `_out_size` outputs.
+        (The padding never wins a max and never counts in TF's average.)
+        """
+        k, s, p = self.pool_size, self.strides, self.padding
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        return out == self._out_size(size) and total // 2 == p
+
+    def _tf_padding(self, x, same_allowed):
+        """The TF pooling padding giving PyTorch's windows on `x`.
+
+        Returns:
+            `("SAME", None)`, or `("VALID", pads)` with the explicit padding
+            `((top, bottom), (left, right))` to apply first (None: none);
+            `padding` before, and after only as much as the last window
+            needs.
+        """
+        k, s, p = self.pool_size, self.strides, self.padding
+        if p == 0:
+            return "VALID", None
+        sizes = (x.shape[1], x.shape[2])
+        if None in sizes:
+            return "VALID", ((p, p), (p, p))
+        if same_allowed and all(self._same_is_pytorch(n) for n in sizes):
+            return "SAME", None
+        pads = tuple(
+            (p, max((self._out_size(n) - 1) * s + k - n - p, 0)) for n in sizes
+        )
+        return "VALID", pads
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
 class MaxPool2D(_Pool2D):
-    """Max pooling as `tf.maximum` over shifted strided slices.
+    """Max pooling that gathers the window maxima (exact second derivatives).
 
     Same output as `torch.nn.MaxPool2d(pool_size, strides, padding)`
-    (symmetric padding with the dtype's lowest finite value, floor mode). Built
-    from slices and `tf.maximum` because the second derivative of
-    `tf.nn.max_pool2d` is wrong inside `tf.function` (design.md).
+    (padding never selected, floor mode). `tf.nn.max_pool_with_argmax`
+    finds each window's maximum (first in row-major order on ties) and the
+    output gathers those elements from the input, so derivatives of every
+    order are those of a gather (a scatter-add, then a gather again): exact
+    in graph mode, unlike `tf.nn.max_pool2d`, whose second derivative
+    (MaxPoolGradGrad) is wrong inside `tf.function` (design.md). Under XLA
+    (`jit_compile`), which has no arg-max pooling, the maximum is taken over
+    shifted strided slices instead (columns, then rows: same tie order).
 
     Reference: DARTS `nn.MaxPool2d(3, stride=stride, padding=1)`
     (quark0/darts, operations.py).
@@ -268,11 +478,39 @@ class MaxPool2D(_Pool2D):
 
     def call(self, inputs):
         x = tf.cast(inputs, self.compute_dtype)
-        x = _pad_hw(x, self.padding, constant=x.dtype.min)
-        outputs = None
-        for view in _window_slices(x, self.pool_size, self.strides):
-            outputs = view if outputs is None else tf.maximum(outputs, view)
-        return outputs
+        if _in_xla_context():
+            return self._max_of_slices(x)
+        padding, pads = self._tf_padding(x, same_allowed=True)
+        if pads is not None:
+            x = pad_hw(x, pads, constant=x.dtype.min)
+        ksize, strides = self._window()
+        _, argmax = tf.raw_ops.MaxPoolWithArgmax(
+            input=x,
+            ksize=ksize,
+            strides=strides,
+            padding=padding,
+            Targmax=tf.int64,
+            include_batch_in_index=True,
+        )
+        flat = tf.reshape(x, graph_constant((-1,), tf.int32))
+        return tf.gather(flat, argmax, axis=graph_constant(0, tf.int32))
+
+    def _max_of_slices(self, x):
+        k, s = self.pool_size, self.strides
+        x = pad_hw(x, self.padding, constant=x.dtype.min)
+        for axis in (2, 1):  # first row-major maximum wins ties
+            size = x.shape[axis]
+            if size is None:
+                size = tf.shape(x)[axis]
+            span = ((size - k) // s) * s + 1
+            outputs = None
+            for offset in range(k):
+                index = [slice(None)] * 4
+                index[axis] = slice(offset, offset + span, s)
+                view = x[tuple(index)]
+                outputs = view if outputs is None else tf.maximum(outputs, view)
+            x = outputs
+        return x
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
@@ -281,7 +519,11 @@ class AvgPool2D(_Pool2D):
 
     Same output as `torch.nn.AvgPool2d(pool_size, strides, padding,
     count_include_pad=...)` (floor mode): with `count_include_pad=False` each
-    window sum is divided by the number of its non-padding elements.
+    window sum is divided by the number of its non-padding elements. One
+    `tf.nn.avg_pool2d` ('SAME' where TF's windows are PyTorch's, which
+    then also excludes the padding from the divisor; otherwise 'VALID' on
+    the zero-padded input, times a constant map `k * k / count`). Average
+    pooling is linear, so its derivatives of every order are exact.
 
     Reference: DARTS `nn.AvgPool2d(3, stride=stride, padding=1,
     count_include_pad=False)` (quark0/darts, operations.py).
@@ -308,19 +550,50 @@ class AvgPool2D(_Pool2D):
         check_bool("count_include_pad", count_include_pad)
         self.count_include_pad = count_include_pad
 
-    def _window_sum(self, x):
-        outputs = None
-        x = _pad_hw(x, self.padding)
-        for view in _window_slices(x, self.pool_size, self.strides):
-            outputs = view if outputs is None else outputs + view
-        return outputs
-
     def call(self, inputs):
         x = tf.cast(inputs, self.compute_dtype)
-        sums = self._window_sum(x)
-        if self.count_include_pad or self.padding == 0:
-            return sums / float(self.pool_size * self.pool_size)
-        return sums / self._window_sum(tf.ones_like(x[:1, :, :, :1]))
+        exclude_pad = not self.count_include_pad and self.padding > 0
+        padding, pads = self._tf_padding(x, same_allowed=exclude_pad)
+        ksize, strides = self._window()
+        if padding == "SAME":
+            return tf.nn.avg_pool2d(x, ksize, strides, "SAME")
+        padded = x if pads is None else pad_hw(x, pads)
+        outputs = tf.nn.avg_pool2d(padded, ksize, strides, "VALID")
+        if not exclude_pad:
+            return outputs
+        sizes = (x.shape[1], x.shape[2])
+        if None in sizes:  # k * k / count from a pooled map of ones
+            ones = pad_hw(tf.ones_like(x[:1, :, :, :1]), pads)
+            return outputs / tf.nn.avg_pool2d(ones, ksize, strides, "VALID")
+        key = ("avg_pool_scale", x.dtype.name, sizes, pads) + (
+            self.pool_size,
+            self.strides,
+        )
+        return outputs * _graph_cached(
+            key, lambda: tf.constant(self._scale_map(sizes, pads), x.dtype)
+        )
+
+    def _scale_map(self, sizes, pads):
+        """`k * k / count` per output (count: real elements per window)."""
+        k, s = self.pool_size, self.strides
+        counts = []
+        for size, (before, _) in zip(sizes, pads, strict=True):
+            start = np.arange(self._out_size(size)) * s - before
+            counts.append(np.minimum(start + k, size) - np.maximum(start, 0))
+        scale = float(k * k) / np.outer(counts[0], counts[1])
+        return scale[None, :, :, None]
+
+
+def _depthwise(x, kernel, strides, padding):
+    """Undilated depthwise convolution with symmetric explicit padding."""
+    p = padding
+    return tf.raw_ops.DepthwiseConv2dNative(
+        input=x,
+        filter=kernel,
+        strides=[1, strides, strides, 1],
+        padding="EXPLICIT" if p else "VALID",
+        explicit_paddings=[0, 0, p, p, p, p, 0, 0] if p else [],
+    )
 
 
 class _Conv(ConfigLayer):
@@ -377,18 +650,24 @@ class _Conv(ConfigLayer):
             )
 
     def call(self, inputs):
-        x = _pad_hw(tf.cast(inputs, self.compute_dtype), self.padding)
-        kernel = tf.cast(self.kernel, self.compute_dtype)
-        s = self.strides
-        if self.dilation > 1 and s > 1:
-            # TF's convolutions reject (or, depthwise, silently mis-shape)
-            # dilation with stride; the strided output is every s-th
-            # element of the stride-1 output.
-            outputs = self._convolve(x, kernel, 1)[:, ::s, ::s, :]
-        else:
-            outputs = self._convolve(x, kernel, s)
+        dtype = self.compute_dtype
+        x = tf.cast(inputs, dtype)
+        outputs = self._convolve(x, tf.cast(self.kernel, dtype))
         if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, self.compute_dtype)
+            outputs = outputs + tf.cast(self.bias, dtype)
+        return outputs
+
+    def _dilated(self, x, kernel, convolve):
+        """Pads, convolves at stride 1 with dilation, subsamples.
+
+        TF's convolutions reject (or, depthwise, silently mis-shape)
+        dilation with stride; the strided output is every s-th element of
+        the stride-1 output. `convolve(x, kernel)` is the 'VALID' dilated
+        convolution.
+        """
+        outputs = convolve(pad_hw(x, self.padding), kernel)
+        if self.strides > 1:
+            outputs = subsample_hw(outputs, self.strides)
         return outputs
 
     def _out_size(self, size):
@@ -411,8 +690,8 @@ class Conv2D(_Conv):
 
     Same output as `torch.nn.Conv2d(c_in, filters, kernel_size, strides,
     padding, dilation, bias=use_bias)` on NHWC data: the input is zero padded
-    by `padding` on all four sides, then convolved with 'VALID' padding, so
-    outputs align with PyTorch at stride 2 (TF 'SAME' pads bottom/right only).
+    by `padding` on all four sides (the op's explicit padding), so outputs
+    align with PyTorch at stride 2 (TF 'SAME' pads bottom/right only).
     Output size: `(size + 2 * padding - dilation * (kernel_size - 1) - 1)
     // strides + 1`. Kernel shape `(k, k, c_in, filters)`.
 
@@ -466,12 +745,20 @@ class Conv2D(_Conv):
         c_out = c_in if self.filters is None else self.filters
         self._add_weights((k, k, c_in, c_out), c_in * k * k, c_out)
 
-    def _convolve(self, x, kernel, strides):
-        # tf.nn.convolution realises dilation by space-to-batch; the raw
-        # Conv2D op's input gradient rejects dilation > 1 on CPU.
-        return tf.nn.convolution(
-            x, kernel, strides=strides, padding="VALID", dilations=self.dilation
-        )
+    def _convolve(self, x, kernel):
+        p = self.padding
+        if self.dilation == 1:  # PyTorch padding inside the op
+            padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
+            return tf.nn.conv2d(x, kernel, self.strides, padding)
+
+        def convolve(x, kernel):
+            # tf.nn.convolution realises dilation by space-to-batch; the raw
+            # Conv2D op's input gradient rejects dilation > 1 on CPU.
+            return tf.nn.convolution(
+                x, kernel, padding="VALID", dilations=self.dilation
+            )
+
+        return self._dilated(x, kernel, convolve)
 
     def compute_output_shape(self, input_shape):
         c_out = input_shape[-1] if self.filters is None else self.filters
@@ -485,8 +772,10 @@ class DepthwiseConv2D(_Conv):
 
     Same output as `torch.nn.Conv2d(c, c, kernel_size, strides, padding,
     dilation, groups=c, bias=use_bias)` on NHWC data (explicit symmetric zero
-    padding, then 'VALID'). Dilation with stride > 1 is computed at stride 1
-    and subsampled, which TF's own op does not support. Kernel shape
+    padding, inside the op). TF's depthwise op has no dilation on CPU: a
+    dilated convolution runs undilated on a space-to-batch view (stride 1)
+    or on `x[:, ::d, ::d]` (stride == dilation); otherwise it is computed
+    at stride 1 by `tf.nn.depthwise_conv2d` and subsampled. Kernel shape
     `(k, k, c, 1)`.
 
     Reference: DARTS `SepConv`, `DilConv` (quark0/darts, operations.py).
@@ -514,14 +803,35 @@ class DepthwiseConv2D(_Conv):
             )
         self._add_weights((k, k, c_in, 1), k * k, c_in)
 
-    def _convolve(self, x, kernel, strides):
-        return tf.nn.depthwise_conv2d(
-            x,
-            kernel,
-            strides=(1, strides, strides, 1),
-            padding="VALID",
-            dilations=(self.dilation, self.dilation),
-        )
+    def _convolve(self, x, kernel):
+        s, p, d = self.strides, self.padding, self.dilation
+        if d == 1:
+            return _depthwise(x, kernel, s, p)
+        if s == d and p % d == 0:
+            # Output (i, j) is the stride-1 output at (d i, d j), which
+            # only sees padded pixels (d m, d n): x[:, ::d, ::d] padded by
+            # p / d, undilated.
+            return _depthwise(subsample_hw(x, d), kernel, 1, p // d)
+        sizes = (x.shape[1], x.shape[2])
+        if s == 1 and None not in sizes:
+            # Space-to-batch by the dilation (zero padding included), an
+            # undilated convolution, batch-to-space (cropping the excess).
+            extra = [(-(n + 2 * p)) % d for n in sizes]
+            block = graph_constant((d, d), tf.int32)
+            pads = tuple((p, p + e) for e in extra)
+            crops = tuple((0, e) for e in extra)
+            x = tf.space_to_batch_nd(x, block, graph_constant(pads, tf.int32))
+            outputs = _depthwise(x, kernel, 1, 0)
+            return tf.batch_to_space(
+                outputs, block, graph_constant(crops, tf.int32)
+            )
+
+        def convolve(x, kernel):
+            return tf.nn.depthwise_conv2d(
+                x, kernel, (1, 1, 1, 1), "VALID", dilations=(d, d)
+            )
+
+        return self._dilated(x, kernel, convolve)
 
     def compute_output_shape(self, input_shape):
         h, w = (self._out_size(s) for s in input_shape[1:3])

@@ -91,8 +91,8 @@ class Zero(L.ConfigLayer):
     def call(self, inputs):
         x = tf.cast(inputs, self.compute_dtype)
         if self.stride > 1:
-            x = x[:, :: self.stride, :: self.stride, :]
-        return x * 0.0
+            x = L.subsample_hw(x, self.stride)
+        return x * L.graph_constant(0, x.dtype)
 
     def compute_output_shape(self, input_shape):
         out = list(input_shape)
@@ -336,8 +336,17 @@ class FactorizedReduce(L.ConfigLayer):
 
     def call(self, inputs, training=None):
         x = tf.nn.relu(tf.cast(inputs, self.compute_dtype))
-        shifted = tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-        x = tf.concat([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+        # x[:, 1:, 1:, :], zero padded at the bottom / right where the size
+        # is odd (or unknown): even sizes need no padding for size / 2.
+        shifted = L.subsample_hw(x, 1, start=1)
+        shifted = L.pad_hw(
+            shifted,
+            tuple((0, 1 if n is None or n % 2 else 0) for n in x.shape[1:3]),
+        )
+        x = tf.concat(
+            [self.conv_1(x), self.conv_2(shifted)],
+            axis=L.graph_constant(-1, tf.int32),
+        )
         return self.bn(x, training=training)
 
     def compute_output_shape(self, input_shape):
