@@ -40,8 +40,8 @@ def define_flags(fv=flags.FLAGS):
                       flag_values=fv)
 
 
-def main(argv, fv=flags.FLAGS):
-    del argv
+def info(fv=flags.FLAGS):
+    """Prints and returns the network's size as one JSON object."""
     cls, classes, channels, layers, size = DATASETS[fv.dataset]
     channels = fv.init_channels or channels
     layers, size = fv.layers or layers, fv.image_size or size
@@ -52,13 +52,18 @@ def main(argv, fv=flags.FLAGS):
     net = cls(genotype, num_classes=classes, layers=layers,
               init_channels=channels, auxiliary=fv.auxiliary)
     net.build((None, size, size, 3))
-    info = {"genotype": fv.genotype, "dataset": fv.dataset,
+    result = {"genotype": fv.genotype, "dataset": fv.dataset,
             "init_channels": channels, "layers": layers, "image_size": size,
             "num_classes": classes, "params": network.count_params(net),
             "params_aux": network.aux_params(net),
             "macs": flops.count_macs(net, size)}
-    print(json.dumps(info))
-    return info
+    print(json.dumps(result))
+    return result
+
+
+def main(argv):
+    del argv
+    info()
 
 
 if __name__ == "__main__":

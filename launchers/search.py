@@ -18,9 +18,8 @@ from tf_amended_darts import search, search_config  # noqa: E402
 from tf_amended_darts import visualize  # noqa: E402
 
 
-def main(argv, fv=flags.FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def search(fv=flags.FLAGS):
+    """Runs the search the flags describe; returns the final genotype."""
     config = search_config.from_flags(fv)
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
@@ -31,6 +30,12 @@ def main(argv, fv=flags.FLAGS):
     print(f"cell PNGs:   {os.path.join(d, 'genotype_*.png')}")
     print(f"TensorBoard: tensorboard --logdir {d}")
     return genotype
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    search()
 
 
 if __name__ == "__main__":

@@ -375,7 +375,7 @@ def test_info_prints_json(capsys, tmp_path):
         "--layers=5",
         "--init_channels=8",
     )
-    returned = info.main([], fv)
+    returned = info.info(fv)
     printed = json.loads(capsys.readouterr().out)
     assert printed == returned
     net = network.NetworkCIFAR(_shared("PC_DARTS_CIFAR"), **SMALL)
@@ -388,6 +388,6 @@ def test_info_prints_json(capsys, tmp_path):
 def test_info_errors():
     info, fv = _info("--genotype=NOPE")
     with pytest.raises(app.UsageError, match="DARTS_V2"):
-        info.main([], fv)
+        info.info(fv)
     with pytest.raises(flags.IllegalFlagValueError, match="mnist"):
         _info("--dataset=mnist")
