@@ -18,7 +18,7 @@ from tf_amended_darts import search, search_config  # noqa: E402
 from tf_amended_darts import visualize  # noqa: E402
 
 
-def search(fv=flags.FLAGS):
+def run_search(fv=flags.FLAGS):
     """Runs the search the flags describe; returns the final genotype."""
     config = search_config.from_flags(fv)
     os.makedirs(config.model_dir, exist_ok=True)
@@ -35,7 +35,7 @@ def search(fv=flags.FLAGS):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    search()
+    run_search()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def _run(args):
     from launchers import search as launcher
 
     fv = _flag_values(args)
-    return launcher.search(fv)
+    return launcher.run_search(fv)
 
 
 def test_search_writes_the_run_directory(tmp_path):
