@@ -4,9 +4,12 @@ Each save writes ``ckpt-<epoch>.weights.h5`` through a temporary file, an
 ``fsync`` and an atomic rename, so a ``kill -9`` at any moment leaves either
 the new checkpoint complete or only the previous one: never a torn file.
 The epoch is in the file name, so weights and progress cannot disagree.
-Keras' ``save_weights`` stores every variable the model tracks: weights,
-architecture parameters, batch-norm statistics, seed-generator states and
-the variables of both optimisers (iterations, momentum buffers, moments).
+Keras' ``save_weights`` stores the model's weights (trainable and not:
+architecture parameters, batch-norm statistics) and the variables of the
+optimisers it tracks as attributes (iterations, momentum buffers, moments).
+It does NOT store ``keras.random.SeedGenerator`` states: a model with random
+layers (dropout, drop-path) must save them itself (see
+``retrain.Retrainer``); the search network has none.
 """
 
 import os

@@ -295,6 +295,9 @@ class BilevelSearch(keras.Model):
         self.arch_optimizer.apply(arch_grads, self.arch_variables)
 
         x_t, y_t = train_batch
+        lr = ops.convert_to_tensor(
+            self.weight_optimizer.current_learning_rate()
+        )  # the learning rate of this step's weight update
         with tf.GradientTape() as tape:
             outputs = self.network(x_t, training=True)
             loss = self.compute_search_loss(y_t, outputs)
@@ -316,9 +319,7 @@ class BilevelSearch(keras.Model):
             t["accuracy"].update_state(_accuracy(y_t, outputs))
             t["val_accuracy"].update_state(_accuracy(y_v, val_outputs))
         logs = {name: m.result() for name, m in t.items()}
-        logs["lr"] = ops.convert_to_tensor(
-            self.weight_optimizer.current_learning_rate()
-        )
+        logs["lr"] = lr
         return logs
 
     def test_step(self, data):

@@ -1,0 +1,37 @@
+"""Exports a re-trained network as a SavedModel (and optionally TFLite).
+
+    python launchers/export.py --model_dir=runs/retrain_quickstart \
+        --export_dir=runs/retrain_quickstart_export [--tflite]
+
+Loads the run's config, genotype and final weights (else the newest
+checkpoint). The SavedModel's ``serving_default`` signature takes
+``images`` (float32, NHWC, normalised as in training) and returns
+``logits`` and ``probabilities``. See tf_amended_darts/export.py.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tf_amended_darts import export  # noqa: E402
+
+
+def main(argv, fv=flags.FLAGS):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    result = export.export_saved_model(
+        fv.model_dir, fv.export_dir, tflite=fv.tflite, overwrite=fv.overwrite
+    )
+    print(json.dumps(result, indent=1, sort_keys=True))
+    print(f"try: saved_model_cli show --dir {result['export_dir']} --all")
+    return result
+
+
+if __name__ == "__main__":
+    export.define_export_flags()
+    flags.mark_flags_as_required(["model_dir", "export_dir"])
+    app.run(lambda argv: main(argv) and None)  # exit status 0 on success
