@@ -111,7 +111,8 @@ def main(argv, fv=flags.FLAGS):
                f"--grappler={fv.grappler}"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"done {run}", file=sys.stderr)
+        print(f"done {run}: {json.dumps(rows[-1])}", file=sys.stderr,
+              flush=True)
     base = next((r["sec_per_step"] for r in rows
                  if r["arch_grad"] == "first_order"), None)
     print(f"preset={fv.preset} (layers={layers}, C={channels}, "

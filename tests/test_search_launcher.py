@@ -136,3 +136,17 @@ def test_every_search_flagfile_is_a_valid_config(name, tmp_path,
         assert not space.shared_per_cell_type
     if name == "table1_ablation_no_amending.cfg":
         assert config.eta == 0 and config.epochs == 200
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    from tf_amended_darts import callbacks
+
+    d = tmp_path / "run"
+    base = TINY + [f"--model_dir={d}", "--arch_grad=first_order"]
+    _run(base + ["--epochs=1"])
+    ckpt = d / "checkpoints" / "ckpt-0001.weights.h5"
+    before = ckpt.read_bytes()
+    with pytest.raises(callbacks.NonFiniteError, match="loss"):
+        _run(base + ["--epochs=2", "--weight_lr=1e30", "--grad_clip=0"])
+    assert ckpt.read_bytes() == before
+    assert not (d / "checkpoints" / "ckpt-0002.weights.h5").exists()
