@@ -64,14 +64,14 @@ def test_genotype_follows_the_weights():
 
 
 def _problem(operators, dtype="float64"):
-    keras.backend.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
     try:
         net = SearchNetwork(10, layers=3, init_channels=4,
                             operators=operators,
                             arch_init_scale=0.5, dtype=dtype)
         net.build((None, 8, 8, 3))
     finally:
-        keras.backend.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")
     search = engine.BilevelSearch(net, arch_grad="amended")
     search.compile()
     rng = np.random.default_rng(0)

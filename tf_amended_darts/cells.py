@@ -14,6 +14,7 @@ from keras import ops as kops
 
 from tf_amended_darts import layers as L
 from tf_amended_darts import ops as O
+from tf_amended_darts.network import drop_path
 
 NONE = "none"
 
@@ -32,6 +33,12 @@ class MixedEdge(keras.layers.Layer):
     reference. ``none`` contributes exactly zero to the sum and to every
     derivative, so it is not computed (its weight still takes part in the
     softmax, which the caller computes).
+
+    Drop-path (hyper-parameter consistency, paper 2.4 / B.1): given a
+    ``drop_prob`` and a seed generator in training mode, each computed
+    candidate's output except ``Identity`` (``skip_connect`` at stride 1)
+    gets its own per-sample mask, as the re-training cell
+    (`network.DiscreteCell`) treats its operators.
 
     Args:
         operators: candidate operator names (columns of the weights).
@@ -67,21 +74,45 @@ class MixedEdge(keras.layers.Layer):
             op.build(input_shape)
         self.built = True
 
-    def call(self, x, weights, training=False):
+    def call(self, x, weights, training=False, drop_prob=None, seed=None):
+        """Runs the mixed edge.
+
+        Args:
+            x: the edge's input state.
+            weights: (num_operators,) operator weights.
+            training: training mode (batch statistics, drop-path).
+            drop_prob: drop-path probability (float or scalar tensor), or
+                None for no drop-path (no extra graph nodes).
+            seed: a `keras.random.SeedGenerator` for the drop-path masks
+                (required with ``drop_prob``).
+
+        Returns:
+            ``sum_k w_k op_k(x)``.
+        """
         if not self.candidates:
             return self.zero(x)
+        apply_drop = bool(training) and drop_prob is not None
+        if apply_drop and seed is None:
+            raise ValueError("Drop-path needs a `seed` generator.")
         # one unstack instead of a strided slice per operator
         weights = tf.unstack(weights, num=len(self.operators))
         out = None
-        for k, op in zip(self.indices, self.candidates):
-            y = weights[k] * op(x, training=training)
+        for k, op in zip(self.indices, self.candidates, strict=True):
+            h = op(x, training=training)
+            if apply_drop and not isinstance(op, O.Identity):
+                h = drop_path(h, drop_prob, seed=seed)
+            y = weights[k] * h
             out = y if out is None else out + y
         return out
 
     def get_config(self):
         config = super().get_config()
-        config.update(operators=list(self.operators), channels=self.channels,
-                      stride=self.stride, affine=self.affine)
+        config.update(
+            operators=list(self.operators),
+            channels=self.channels,
+            stride=self.stride,
+            affine=self.affine,
+        )
         return config
 
 
@@ -103,8 +134,17 @@ class SearchCell(keras.layers.Layer):
         **kwargs: base layer arguments.
     """
 
-    def __init__(self, node_inputs, operators, channels, reduction,
-                 reduction_prev, multiplier=4, pair_logits=False, **kwargs):
+    def __init__(
+        self,
+        node_inputs,
+        operators,
+        channels,
+        reduction,
+        reduction_prev,
+        multiplier=4,
+        pair_logits=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.node_inputs = [list(n) for n in node_inputs]
         self.operators = tuple(operators)
@@ -113,17 +153,25 @@ class SearchCell(keras.layers.Layer):
         self.reduction_prev = reduction_prev
         self.multiplier = multiplier
         self.pair_logits = pair_logits
-        self.preprocess0 = _preprocess0(channels, reduction_prev, False,
-                                        "preprocess0")
-        self.preprocess1 = O.ReLUConvBN(channels, 1, 1, 0, affine=False,
-                                        name="preprocess1")
+        self.preprocess0 = _preprocess0(
+            channels, reduction_prev, False, "preprocess0"
+        )
+        self.preprocess1 = O.ReLUConvBN(
+            channels, 1, 1, 0, affine=False, name="preprocess1"
+        )
         self.edges = []
         for j, inputs in enumerate(self.node_inputs):
             for i in inputs:
                 stride = 2 if reduction and i < 2 else 1
-                self.edges.append(MixedEdge(self.operators, channels, stride,
-                                            affine=False,
-                                            name=f"edge_{i}_{j + 2}"))
+                self.edges.append(
+                    MixedEdge(
+                        self.operators,
+                        channels,
+                        stride,
+                        affine=False,
+                        name=f"edge_{i}_{j + 2}",
+                    )
+                )
 
     @property
     def num_edges(self):
@@ -138,10 +186,34 @@ class SearchCell(keras.layers.Layer):
             edge.build(tuple(state))
         self.built = True
 
-    def call(self, inputs, edge_weights, pair_weights=None, training=False):
+    def call(
+        self,
+        inputs,
+        edge_weights,
+        pair_weights=None,
+        training=False,
+        drop_prob=None,
+        seed=None,
+    ):
+        """Runs the cell.
+
+        Args:
+            inputs: ``(s0, s1)``, the outputs of the previous two cells.
+            edge_weights: (num_edges, num_operators) operator weights.
+            pair_weights: stage 1 of ``searched``: per node, the pair
+                probabilities.
+            training: training mode (batch statistics, drop-path).
+            drop_prob: drop-path probability or None (see `MixedEdge`).
+            seed: the `keras.random.SeedGenerator` of the masks.
+
+        Returns:
+            The concatenation of the last ``multiplier`` nodes.
+        """
         s0, s1 = inputs
-        states = [self.preprocess0(s0, training=training),
-                  self.preprocess1(s1, training=training)]
+        states = [
+            self.preprocess0(s0, training=training),
+            self.preprocess1(s1, training=training),
+        ]
         edge_weights = tf.unstack(edge_weights, num=self.num_edges)
         e = 0
         for j, node_in in enumerate(self.node_inputs):
@@ -150,23 +222,31 @@ class SearchCell(keras.layers.Layer):
                 coeffs = _pair_coefficients(pair_weights[j], len(node_in))
             s = None
             for n, i in enumerate(node_in):
-                y = self.edges[e](states[i], edge_weights[e],
-                                  training=training)
+                y = self.edges[e](
+                    states[i],
+                    edge_weights[e],
+                    training=training,
+                    drop_prob=drop_prob,
+                    seed=seed,
+                )
                 if coeffs is not None:
                     y = coeffs[n] * y
                 s = y if s is None else s + y
                 e += 1
             states.append(s)
-        return kops.concatenate(states[-self.multiplier:], axis=-1)
+        return kops.concatenate(states[-self.multiplier :], axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config.update(node_inputs=self.node_inputs,
-                      operators=list(self.operators), channels=self.channels,
-                      reduction=self.reduction,
-                      reduction_prev=self.reduction_prev,
-                      multiplier=self.multiplier,
-                      pair_logits=self.pair_logits)
+        config.update(
+            node_inputs=self.node_inputs,
+            operators=list(self.operators),
+            channels=self.channels,
+            reduction=self.reduction,
+            reduction_prev=self.reduction_prev,
+            multiplier=self.multiplier,
+            pair_logits=self.pair_logits,
+        )
         return config
 
 
@@ -180,7 +260,10 @@ def _pair_coefficients(pair_probs, num_inputs):
 
     pairs = list(itertools.combinations(range(num_inputs), 2))
     return [
-        kops.sum(kops.stack([pair_probs[p] for p, pair in enumerate(pairs)
-                             if i in pair]))
+        kops.sum(
+            kops.stack(
+                [pair_probs[p] for p, pair in enumerate(pairs) if i in pair]
+            )
+        )
         for i in range(num_inputs)
     ]
