@@ -15,30 +15,36 @@ the extra passes of ``second_order`` and ``amended`` (virtual step,
 perturbed weights, products) never touch them, and the moving statistics
 evolve identically under every estimator given the same weights.
 
-Distribution: losses are per-replica means; the estimator all-reduces the
-vectors that feed its products; the final gradients are divided by the
-number of replicas before the optimisers sum them across replicas, so an
-update equals the one-replica update on the global batch.
+Distribution (`distribute.py` builds the strategy; ``train_step`` runs in
+replica context, under ``fit`` or `distribute.custom_fit`): an update with
+R replicas equals the one-replica update on the same global batch, for
+every estimator and product mode (tests/test_distribute.py measures it):
+
+* losses are per-replica means over equal per-replica batches (the search
+  datasets drop the last partial batch);
+* the estimator all-reduces (mean) the vectors that feed its products
+  (``v``, ``H . v``, the virtual step's gradient), so ``D . H . v`` is the
+  product of the global batch, not a sum of per-replica products;
+* `distribute.apply_mean_gradients` applies the cross-replica mean of the
+  architecture and weight gradients. The Keras 3 TensorFlow optimiser sums
+  gradients across replicas, but clips them before that sum, per replica;
+  so when an optimiser clips (the weight optimiser's global norm 5), the
+  gradients are all-reduced and clipped here first (see `distribute`).
+* batch norm: in training mode the statistics are those of the global
+  batch, not of each replica's share (``sync_batch_norm=True``, the
+  default: `layers.synchronized_statistics` around the whole step, one
+  all-reduce per batch-norm call, differentiable to second order). Per-
+  replica statistics (``sync_batch_norm=False``, what PyTorch DARTS'
+  ``DataParallel`` does) make the loss itself depend on the replica count:
+  each replica's loss normalises with its own share's statistics.
 """
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_amended_darts import bilevel, hparams, layers
+from tf_amended_darts import bilevel, distribute, hparams, layers
 from tf_amended_darts.optimizers import TorchAdam, TorchSGD
-
-
-def _cross_replica_mean(values):
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return list(values)
-    return list(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, list(values)))
-
-
-def _num_replicas():
-    ctx = tf.distribute.get_replica_context()
-    return 1 if ctx is None else ctx.num_replicas_in_sync
 
 
 def unpack_pairs(data):
@@ -46,10 +52,13 @@ def unpack_pairs(data):
     try:
         (x_t, y_t), (x_v, y_v) = data
     except (TypeError, ValueError):
+        structure = tf.nest.map_structure(
+            lambda t: getattr(t, "shape", t), data
+        )
         raise ValueError(
             "BilevelSearch.fit expects a dataset whose elements are pairs "
             "((x_train, y_train), (x_val, y_val)). Received an element with "
-            f"structure: {tf.nest.map_structure(lambda t: getattr(t, 'shape', t), data)}"
+            f"structure: {structure}"
         ) from None
     return (x_t, y_t), (x_v, y_v)
 
@@ -85,6 +94,9 @@ class BilevelSearch(keras.Model):
         classification: track accuracy metrics.
         aux_weight: weight of the auxiliary-head loss when the network
             returns ``(logits, aux_logits)``.
+        sync_batch_norm: under several replicas, training-mode batch norms
+            (`layers.BatchNorm` built with ``synchronized=None``) use the
+            statistics of the global batch (see the module docstring).
         **kwargs: passed to `keras.Model`.
 
     Reference: DARTS ``train_search.py`` / ``architect.py`` (step order and
@@ -100,6 +112,7 @@ class BilevelSearch(keras.Model):
         loss=None,
         classification=True,
         aux_weight=0.0,
+        sync_batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -111,6 +124,7 @@ class BilevelSearch(keras.Model):
         self.search_loss = loss or sparse_cross_entropy
         self.classification = classification
         self.aux_weight = float(aux_weight)
+        self.sync_batch_norm = bool(sync_batch_norm)
         names = ["loss", "val_loss", "g1_norm", "g2_norm", "arch_grad_norm"]
         if classification:
             names += ["accuracy", "val_accuracy"]
@@ -280,19 +294,22 @@ class BilevelSearch(keras.Model):
                 if self.arch_grad == "second_order"
                 else None
             ),
-            reduce_mean=_cross_replica_mean,
+            reduce_mean=distribute.cross_replica_mean,
         )
         return result, record.get("outputs")
 
     def train_step(self, data):
         if self.weight_optimizer is None:
             raise ValueError("Call BilevelSearch.compile() before fit().")
-        train_batch, val_batch = unpack_pairs(data)
-        replicas = _num_replicas()
+        with layers.synchronized_statistics(self.sync_batch_norm):
+            return self._train_step(data)
 
+    def _train_step(self, data):
+        train_batch, val_batch = unpack_pairs(data)
         result, val_outputs = self.arch_gradient(train_batch, val_batch)
-        arch_grads = [g / replicas for g in result.arch_grads]
-        self.arch_optimizer.apply(arch_grads, self.arch_variables)
+        distribute.apply_mean_gradients(
+            self.arch_optimizer, result.arch_grads, self.arch_variables
+        )
 
         x_t, y_t = train_batch
         lr = ops.convert_to_tensor(
@@ -302,11 +319,9 @@ class BilevelSearch(keras.Model):
             outputs = self.network(x_t, training=True)
             loss = self.compute_search_loss(y_t, outputs)
         grads = tape.gradient(loss, self.weight_variables)
-        grads = [
-            tf.zeros_like(v) if g is None else g / replicas
-            for g, v in zip(grads, self.weight_variables)
-        ]
-        self.weight_optimizer.apply(grads, self.weight_variables)
+        distribute.apply_mean_gradients(
+            self.weight_optimizer, grads, self.weight_variables
+        )
 
         t = self._trackers
         t["loss"].update_state(loss)
@@ -342,6 +357,7 @@ class BilevelSearch(keras.Model):
             hvp=self.hvp,
             classification=self.classification,
             aux_weight=self.aux_weight,
+            sync_batch_norm=self.sync_batch_norm,
         )
         return config
 

@@ -234,6 +234,84 @@ def statistics_frozen():
     return False
 
 
+# ---------------------------------------------------------------------------
+# Cross-replica (synchronized) batch statistics.
+# ---------------------------------------------------------------------------
+
+_SYNCHRONIZED = contextvars.ContextVar("synchronized_statistics", default=0)
+
+
+@contextlib.contextmanager
+def synchronized_statistics(enabled=True):
+    """Training-mode `BatchNorm`s inside use cross-replica batch statistics.
+
+    Under a `tf.distribute` strategy with more than one replica, a layer
+    called in replica context inside this block normalises with the
+    statistics of the global batch (all replicas), so that the output, the
+    loss and every derivative equal those of one replica on the whole
+    batch. Layers built with ``synchronized=True`` or ``False`` ignore it.
+
+    Like `frozen_statistics`, the switch is read when a layer is called
+    (when a `tf.function` traces) and holds for the current context only:
+    enter it inside the replica function (e.g. a ``train_step`` run by
+    ``strategy.run``), which runs in each replica's own thread.
+
+    Args:
+        enabled: whether to synchronize (``False`` switches it off inside
+            an enclosing block).
+
+    Yields:
+        None.
+    """
+    token = _SYNCHRONIZED.set(1 if enabled else -1)
+    try:
+        yield
+    finally:
+        _SYNCHRONIZED.reset(token)
+
+
+def cross_replica_sum(replica, x):
+    """``replica.all_reduce(SUM, x)``, differentiable to any order.
+
+    The gradient of an all-reduce sum is an all-reduce sum of the output
+    gradients (as in `tf.distribute.ReplicaContext.all_reduce`). The input
+    goes through `tf.stop_gradient` inside the custom gradient: TensorFlow's
+    graph-mode ``custom_gradient`` walks the graph back from a function's
+    outputs to its inputs (looking for variables), and the reduced values
+    depend on every replica's input; without the stop the walk runs
+    through the other replicas' whole graphs at every call, which made
+    tracing a supernet quadratic in its size.
+
+    Args:
+        replica: a `tf.distribute.ReplicaContext`.
+        x: a tensor of this replica.
+
+    Returns:
+        The sum of ``x`` over the replicas.
+    """
+
+    @tf.custom_gradient
+    def reduce(value):
+        total = replica.all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.stop_gradient(value)
+        )
+        return total, lambda upstream: cross_replica_sum(replica, upstream)
+
+    return reduce(x)
+
+
+def _sync_replica_context(synchronized):
+    """The replica context to all-reduce batch statistics in, or None."""
+    if synchronized is None:
+        synchronized = _SYNCHRONIZED.get() > 0
+    if not synchronized:
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
 class ConfigLayer(keras.layers.Layer):
     """A layer whose `get_config` adds the attributes named in `_config_keys`.
 
@@ -265,9 +343,18 @@ class BatchNorm(ConfigLayer):
     `variable.assign` calls, so under `model.stateless_call` they come back in
     the returned non-trainable values; every training-mode call updates them,
     except inside `frozen_statistics()`, which makes no update at all.
-    Under a `tf.distribute` strategy each replica normalises with its own
-    batch statistics and the moving statistics take the mean of the replicas'
-    updates (`aggregation="mean"`). Inference mode uses the moving statistics.
+    Under a `tf.distribute` strategy with several replicas each replica
+    normalises with its own batch statistics, unless the layer is
+    synchronized (``synchronized=True``, or ``None`` inside
+    `synchronized_statistics()`, as the search engine does): then one
+    all-reduce (sum) of the per-channel ``[sum(x - c), sum((x - c)^2),
+    count]`` gives the statistics of the global batch, ``c`` being the
+    moving mean (the same on every replica, constant in the weights; it
+    only tempers the cancellation of ``E[d^2] - E[d]^2``). The all-reduce is
+    differentiable to any order (its gradient is an all-reduce), so first
+    and second derivatives are those of one replica on the global batch.
+    The moving statistics take the mean of the replicas' updates
+    (`aggregation="mean"`). Inference mode uses the moving statistics.
 
     Reference: Ioffe & Szegedy, 2015; `torch.nn.BatchNorm2d`. DARTS
     (quark0/darts) uses `affine=False` during search, `True` in re-training.
@@ -278,20 +365,26 @@ class BatchNorm(ConfigLayer):
         momentum: Keras-convention momentum, the weight of the old moving
             value (PyTorch momentum 0.1 == 0.9 here).
         epsilon: Added to the variance (PyTorch default 1e-5).
+        synchronized: Cross-replica batch statistics under a multi-replica
+            strategy: ``True`` always, ``False`` never, ``None`` (default)
+            inside `synchronized_statistics()` only.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
     """
 
-    _config_keys = ("affine", "momentum", "epsilon")
+    _config_keys = ("affine", "momentum", "epsilon", "synchronized")
 
     def __init__(
         self,
         affine=True,
         momentum=BN_MOMENTUM,
         epsilon=PYTORCH_BN_EPSILON,
+        synchronized=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_bool("affine", affine)
+        if synchronized is not None:
+            check_bool("synchronized", synchronized)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(
                 f"Expected `momentum` in [0, 1]. Received: momentum={momentum}"
@@ -303,6 +396,7 @@ class BatchNorm(ConfigLayer):
         self.affine = affine
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
+        self.synchronized = synchronized
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
@@ -337,11 +431,17 @@ class BatchNorm(ConfigLayer):
         x = tf.cast(inputs, dtype)
         axes = graph_constant(_NHW, tf.int32)
         if training:
-            mean = tf.reduce_mean(x, axes)
-            centred = x - mean
-            variance = tf.reduce_mean(tf.square(centred), axes)
+            replica = _sync_replica_context(self.synchronized)
+            count = None
+            if replica is None:
+                mean = tf.reduce_mean(x, axes)
+                centred = x - mean
+                variance = tf.reduce_mean(tf.square(centred), axes)
+            else:
+                mean, variance, count = self._global_moments(x, axes, replica)
+                centred = x - mean
             if not statistics_frozen():
-                self._update_moving_statistics(x, mean, variance)
+                self._update_moving_statistics(x, mean, variance, count)
         else:
             centred = x - tf.cast(self.moving_mean, dtype)
             variance = tf.cast(self.moving_variance, dtype)
@@ -351,14 +451,46 @@ class BatchNorm(ConfigLayer):
         scale = scale * tf.cast(self.gamma, dtype)
         return centred * scale + tf.cast(self.beta, dtype)
 
-    def _update_moving_statistics(self, x, mean, variance):
+    def _global_moments(self, x, axes, replica):
+        """Mean, biased variance and count (per channel) of the global batch.
+
+        One all-reduce of the stacked per-channel ``[sum(d), sum(d^2),
+        count]``, ``d = x - c`` with ``c`` the moving mean.
+        """
+        dtype = x.dtype
+        channels = x.shape[-1]
+        shift = tf.stop_gradient(tf.cast(self.moving_mean, dtype))
+        d = x - shift
+        n = 1
+        for size in x.shape[:3]:
+            n = None if size is None or n is None else n * size
+        if n is not None:
+            count = graph_constant((float(n),) * channels, dtype)
+        else:
+            size = tf.cast(tf.size(x, out_type=tf.int64), dtype)
+            count = tf.fill([channels], size / float(channels))
+        local = tf.stack(
+            [tf.reduce_sum(d, axes), tf.reduce_sum(tf.square(d), axes), count]
+        )
+        sum_d, sum_d2, count = tf.unstack(cross_replica_sum(replica, local))
+        count = tf.stop_gradient(count)  # no derivative graph for it
+        inverse = tf.math.reciprocal(count)
+        mean_d = sum_d * inverse
+        variance = sum_d2 * inverse - tf.square(mean_d)
+        return shift + mean_d, variance, count
+
+    def _update_moving_statistics(self, x, mean, variance, count=None):
         # moving <- momentum * moving + (1 - momentum) * batch statistic,
         # PyTorch storing the unbiased variance (n / (n - 1), n == 1 guarded).
         # No stop_gradient needed: nothing differentiable reads the result.
+        # `count`: the (global) number of values per channel, a tensor, for
+        # cross-replica statistics; None: this batch's.
         momentum = self.momentum
         n = 1
         for size in x.shape[:3]:
             n = None if size is None or n is None else n * size
+        if count is not None:
+            n = None
         for var, value, unbias in (
             (self.moving_mean, mean, False),
             (self.moving_variance, variance, True),
@@ -368,6 +500,9 @@ class BatchNorm(ConfigLayer):
             rate = 1.0 - momentum
             if unbias and n is not None:
                 rate *= n / max(n - 1, 1)
+            elif unbias and count is not None:
+                count = tf.cast(count, dtype)
+                value = value * (count / tf.maximum(count - 1, 1))
             elif unbias:
                 size = tf.cast(tf.size(x, out_type=tf.int64), dtype)
                 channels = graph_constant(float(x.shape[-1]), dtype)

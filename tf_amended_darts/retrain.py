@@ -41,6 +41,19 @@ from ``(seed, epoch)``. With ``--deterministic`` a resumed run ends with
 exactly the weights of an uninterrupted one. Rows of ``metrics.csv`` after
 the restored epoch are dropped. Accuracies are fractions; errors in
 ``result.json`` and ``summary.json`` are percentages.
+
+Distribution (``--strategy``, ``--num_gpus``; `distribute.make_strategy`):
+``--batch_size`` is the global batch, split evenly over the replicas; the
+network, the `Retrainer` and its optimiser are built in the strategy's
+scope. Gradients are the cross-replica mean, clipped as one replica would
+(`distribute.apply_mean_gradients`). Batch norm keeps per-replica batch
+statistics (as PyTorch's ``DataParallel`` and ``DistributedDataParallel``
+do); drop-path masks are drawn per replica. With more than one replica the
+last partial training batch of an epoch is dropped (a replica could
+otherwise get no example), so an epoch has ``floor(n / batch)`` steps.
+``multi_worker`` trains with `distribute.custom_fit` and evaluates with
+`distribute.custom_evaluate` (Keras' ``fit`` fails under it); only the
+chief writes the run directory.
 """
 
 import csv
@@ -56,7 +69,13 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tf_amended_darts import data, network, retrain_config
+from tf_amended_darts import (
+    checkpoint,
+    data,
+    distribute,
+    network,
+    retrain_config,
+)
 from tf_amended_darts import genotype as G
 from tf_amended_darts.checkpoint import EpochCheckpointer
 from tf_amended_darts.optimizers import EpochCosineDecay, TorchSGD
@@ -102,6 +121,8 @@ _LOG_COLUMNS = {
 def cross_entropy(labels, logits, label_smoothing=0.0):
     """Mean softmax cross-entropy of integer labels, optionally smoothed.
 
+    The mean of `per_example_cross_entropy`.
+
     With smoothing ``e`` and ``K`` classes the target is ``(1 - e) *
     one_hot + e / K``, as DARTS ``CrossEntropyLabelSmooth``
     (``train_imagenet.py``).
@@ -114,13 +135,20 @@ def cross_entropy(labels, logits, label_smoothing=0.0):
     Returns:
         A scalar (mean over the batch of this replica).
     """
+    return tf.reduce_mean(
+        per_example_cross_entropy(labels, logits, label_smoothing)
+    )
+
+
+def per_example_cross_entropy(labels, logits, label_smoothing=0.0):
+    """The cross-entropy of each example (see `cross_entropy`), ``[B]``."""
     log_probs = tf.nn.log_softmax(tf.cast(logits, "float32"), axis=-1)
     labels = tf.cast(tf.reshape(labels, [-1]), "int32")
     nll = -tf.gather(log_probs, labels, axis=-1, batch_dims=1)
     if label_smoothing:
         uniform = -tf.reduce_mean(log_probs, axis=-1)
         nll = (1.0 - label_smoothing) * nll + label_smoothing * uniform
-    return tf.reduce_mean(nll)
+    return nll
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
@@ -172,11 +200,6 @@ class EpochLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch,
         }
-
-
-def _num_replicas():
-    ctx = tf.distribute.get_replica_context()
-    return 1 if ctx is None else ctx.num_replicas_in_sync
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
@@ -304,19 +327,17 @@ class Retrainer(keras.Model):
             outputs = self.network(x, training=True)
             loss, logits = self.compute_training_loss(y, outputs)
         grads = tape.gradient(loss, variables)
-        # Per-replica mean losses: the optimizer sums across replicas.
-        replicas = _num_replicas()
-        grads = [
-            tf.zeros_like(v) if g is None else g / replicas
-            for g, v in zip(grads, variables, strict=True)
-        ]
-        self.optimizer.apply(grads, variables)
+        # Per-replica mean losses: the cross-replica mean gradient.
+        distribute.apply_mean_gradients(self.optimizer, grads, variables)
         return self._update(y, loss, logits)
 
     def test_step(self, data):
         x, y = data
         logits = self.network(x, training=False)
-        return self._update(y, cross_entropy(y, logits), logits)
+        # Per-example losses: the mean over the test set, whatever the batch
+        # split (a replica may get an empty last batch).
+        losses = per_example_cross_entropy(y, logits)
+        return self._update(y, losses, logits)
 
     def get_config(self):
         config = super().get_config()
@@ -417,16 +438,20 @@ def build_retrainer(config, net, steps_per_epoch):
     return model
 
 
-def steps_per_epoch(config):
-    """Training steps per epoch: all batches (last one partial), capped."""
+def steps_per_epoch(config, drop_remainder=False):
+    """Training steps per epoch: all batches (last one partial), capped.
+
+    With ``drop_remainder`` the last partial batch does not count.
+    """
     info = data.dataset_info(config.dataset, config.image_size or None)
-    steps = math.ceil(info.num_train / config.batch_size)
+    steps = info.num_train / config.batch_size
+    steps = math.floor(steps) if drop_remainder else math.ceil(steps)
     if config.steps_per_epoch:
         steps = min(steps, config.steps_per_epoch)
     return steps
 
 
-def train_data(config, epoch):
+def train_data(config, epoch, drop_remainder=False):
     """The training batches of ``epoch`` (a fresh, seeded pipeline)."""
     return data.train_dataset(
         config.dataset,
@@ -437,6 +462,7 @@ def train_data(config, epoch):
         image_size=config.image_size or None,
         download=config.download,
         manual_dir=config.manual_dir,
+        drop_remainder=drop_remainder,
         epoch=epoch,
     )
 
@@ -468,10 +494,14 @@ def set_up(config):
 
 
 class _EpochLog:
-    """``metrics.csv`` and the TensorBoard scalars of one run directory."""
+    """``metrics.csv`` and the TensorBoard scalars of one run directory.
 
-    def __init__(self, model_dir, tensorboard, start):
+    ``read_only`` (a non-chief worker): reads the rows, writes nothing.
+    """
+
+    def __init__(self, model_dir, tensorboard, start, read_only=False):
         self.path = os.path.join(model_dir, METRICS_FILE)
+        self.read_only = read_only
         self.rows = []
         if os.path.exists(self.path):
             with open(self.path, newline="", encoding="utf-8") as f:
@@ -481,7 +511,7 @@ class _EpochLog:
             self.rows = kept
             self._save()
         self.writer = None
-        if tensorboard:
+        if tensorboard and not read_only:
             from tf_amended_darts import callbacks  # TensorBoard helpers
 
             directory = os.path.join(model_dir, TENSORBOARD_DIR)
@@ -491,6 +521,8 @@ class _EpochLog:
             callbacks._write_session_start(self.writer, start + 1)
 
     def _save(self):
+        if self.read_only:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(
             buffer, METRIC_COLUMNS, restval="", lineterminator="\n"
@@ -561,26 +593,110 @@ def _check_genotype(model_dir, genotype):
 # Runs.
 
 
-def run_one(config):
+def _restore_read_only(model, directory):
+    """A non-chief worker's restore of the chief's newest checkpoint."""
+    if not os.path.isdir(directory):
+        return 0
+    epochs = sorted(
+        int(m.group(1))
+        for m in map(checkpoint.PATTERN.match, os.listdir(directory))
+        if m
+    )
+    if not epochs:
+        return 0
+    model.load_weights(
+        os.path.join(directory, f"ckpt-{epochs[-1]:04d}.weights.h5")
+    )
+    return epochs[-1]
+
+
+def _check_same_start(strategy, start, directory):
+    """Every worker must resume from the same epoch (multi-worker)."""
+    if not distribute.is_multi_worker(strategy):
+        return
+    starts = strategy.gather(
+        strategy.run(lambda: tf.constant([start], tf.int64)), axis=0
+    )
+    starts = sorted(set(int(s) for s in starts.numpy()))
+    if len(starts) > 1:
+        raise ValueError(
+            f"The workers found checkpoints of different epochs {starts} "
+            f"in {directory}: every worker needs the same --model_dir on a "
+            "shared filesystem."
+        )
+
+
+def _fit_one_epoch(model, config, epoch, steps, test, callbacks, drop):
+    """One epoch of training then evaluation; the epoch's logs."""
+    strategy = model.distribute_strategy
+    if drop:
+        train = train_data(config, epoch, drop_remainder=True)
+    else:
+        train = train_data(config, epoch)
+    if not distribute.is_multi_worker(strategy):
+        # fit to the last epoch, stopped after this one: Keras then shows
+        # "Epoch e/epochs" and the callbacks get the true epoch index.
+        history = model.fit(
+            train,
+            validation_data=test,
+            initial_epoch=epoch,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            verbose=config.verbose,
+            callbacks=callbacks + [_StopAfterOneEpoch()],
+        )
+        return {k: v[-1] for k, v in history.history.items()}
+    history = distribute.custom_fit(
+        model,
+        train,
+        initial_epoch=epoch,
+        epochs=epoch + 1,
+        steps_per_epoch=steps,
+        verbose=config.verbose,
+        callbacks=callbacks,
+    )
+    logs = {k: v[-1] for k, v in history.history.items()}
+    if test is not None:
+        evaluated = distribute.custom_evaluate(model, test)
+        logs.update({f"val_{k}": v for k, v in evaluated.items()})
+    return logs
+
+
+def run_one(config, strategy=None):
     """Trains one seed in ``config.model_dir``, resuming; returns result.
+
+    Args:
+        config: the `RetrainConfig`.
+        strategy: a `tf.distribute.Strategy` (default: the current one).
 
     Returns:
         The dict written to ``result.json``.
     """
-    os.makedirs(config.model_dir, exist_ok=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
     genotype = config.load_genotype()
-    _check_genotype(config.model_dir, genotype)
-    _write_json(os.path.join(config.model_dir, CONFIG_FILE), config.to_dict())
+    if chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+        _check_genotype(config.model_dir, genotype)
+        _write_json(
+            os.path.join(config.model_dir, CONFIG_FILE), config.to_dict()
+        )
     set_up(config)
-    steps = steps_per_epoch(config)
-    net = build_network(config, genotype)
-    model = build_retrainer(config, net, steps)
-    checkpointer = EpochCheckpointer(
-        model,
-        os.path.join(config.model_dir, CHECKPOINT_DIR),
-        keep=config.keep_checkpoints,
-    )
-    start = checkpointer.restore()
+    # More than one replica: no partial batch (a replica could get none).
+    drop = strategy.num_replicas_in_sync > 1
+    steps = steps_per_epoch(config, drop)
+    with strategy.scope():
+        net = build_network(config, genotype)
+        model = build_retrainer(config, net, steps)
+    directory = os.path.join(config.model_dir, CHECKPOINT_DIR)
+    if chief:
+        checkpointer = EpochCheckpointer(
+            model, directory, keep=config.keep_checkpoints
+        )
+        start = checkpointer.restore()
+    else:
+        start = _restore_read_only(model, directory)
+    _check_same_start(strategy, start, directory)
     if start > config.epochs:
         raise ValueError(
             f"Invalid --epochs={config.epochs}: --model_dir="
@@ -589,24 +705,17 @@ def run_one(config):
         )
     if start:
         print(f"Resuming {config.model_dir} after epoch {start}.")
-    log = _EpochLog(config.model_dir, config.tensorboard, start)
+    log = _EpochLog(
+        config.model_dir, config.tensorboard, start, read_only=not chief
+    )
     test = eval_data(config) if start < config.epochs else None
     drop_path = network.DropPathSchedule(config.drop_path_prob, config.epochs)
     for epoch in range(start, config.epochs):
         began = time.time()
         lr = float(model.optimizer.current_learning_rate())
-        # fit to the last epoch, stopped after this one: Keras then shows
-        # "Epoch e/epochs" and the callbacks get the true epoch index.
-        history = model.fit(
-            train_data(config, epoch),
-            validation_data=test,
-            initial_epoch=epoch,
-            epochs=config.epochs,
-            steps_per_epoch=steps,
-            verbose=config.verbose,
-            callbacks=[drop_path, _StopAfterOneEpoch()],
+        logs = _fit_one_epoch(
+            model, config, epoch, steps, test, [drop_path], drop
         )
-        logs = {k: v[-1] for k, v in history.history.items()}
         _check_finite(logs, epoch, config.model_dir)
         row = {
             _LOG_COLUMNS[k]: float(v)
@@ -620,7 +729,8 @@ def run_one(config):
             seconds=time.time() - began,
         )
         log.add(row)
-        checkpointer.save(epoch + 1)
+        if chief:
+            checkpointer.save(epoch + 1)
     log.close()
     final = log.last()
     if final is None or int(final["epoch"]) != config.epochs:
@@ -628,7 +738,6 @@ def run_one(config):
         top1, top5 = final["top1"], final["top5"]
     else:
         top1, top5 = float(final["test_top1"]), float(final["test_top5"])
-    _save_final_weights(net, os.path.join(config.model_dir, FINAL_WEIGHTS))
     result = {
         "dataset": config.dataset,
         "epochs": config.epochs,
@@ -641,7 +750,9 @@ def run_one(config):
         "test_top1_error": 100.0 * (1.0 - top1),
         "test_top5_error": 100.0 * (1.0 - top5),
     }
-    _write_json(os.path.join(config.model_dir, RESULT_FILE), result)
+    if chief:
+        _save_final_weights(net, os.path.join(config.model_dir, FINAL_WEIGHTS))
+        _write_json(os.path.join(config.model_dir, RESULT_FILE), result)
     return result
 
 
@@ -657,6 +768,8 @@ def _check_finite(logs, epoch, model_dir):
 
 def evaluate_model(model, dataset):
     """``{"loss", "top1", "top5"}`` of a `Retrainer` on ``dataset``."""
+    if distribute.is_multi_worker(model.distribute_strategy):
+        return distribute.custom_evaluate(model, dataset)
     logs = model.evaluate(dataset, verbose=0, return_dict=True)
     return {k: float(v) for k, v in logs.items()}
 
@@ -732,10 +845,16 @@ def run(config):
         The ``result.json`` dict of a single run, or the ``summary.json``
         dict of a multi-seed run.
     """
+    strategy = distribute.make_strategy(config.strategy, config.num_gpus)
+    distribute.per_replica_batch_size(config.batch_size, strategy)
     if not config.seeds:
-        return run_one(config)
-    os.makedirs(config.model_dir, exist_ok=True)
-    _write_json(os.path.join(config.model_dir, CONFIG_FILE), config.to_dict())
+        return run_one(config, strategy)
+    chief = distribute.is_chief(strategy)
+    if chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+        _write_json(
+            os.path.join(config.model_dir, CONFIG_FILE), config.to_dict()
+        )
     results = []
     for seed in config.seeds:
         one = dataclasses.replace(
@@ -744,8 +863,9 @@ def run(config):
             seeds=(),
             model_dir=seed_dir(config.model_dir, seed),
         )
-        results.append(run_one(one))
+        results.append(run_one(one, strategy))
         keras.backend.clear_session()
     summary = summarize(results)
-    _write_json(os.path.join(config.model_dir, SUMMARY_FILE), summary)
+    if chief:
+        _write_json(os.path.join(config.model_dir, SUMMARY_FILE), summary)
     return summary

@@ -13,7 +13,7 @@ import json
 
 from absl import flags
 
-from tf_amended_darts import data, hparams, network
+from tf_amended_darts import data, distribute, hparams, network
 from tf_amended_darts import genotype as G
 
 # --- Re-training, CIFAR-10 ([darts] cnn/train.py; [amended] section 4) ----
@@ -65,7 +65,12 @@ def define_flags(fv=flags.FLAGS):
     )
     flags.DEFINE_integer("image_size", 0, "Image side; 0: the dataset's.", **d)
     flags.DEFINE_integer("epochs", EPOCHS, "Training epochs.", **d)
-    flags.DEFINE_integer("batch_size", BATCH_SIZE, "Global batch size.", **d)
+    flags.DEFINE_integer(
+        "batch_size",
+        BATCH_SIZE,
+        "Global batch size (split evenly over the replicas).",
+        **d,
+    )
     flags.DEFINE_integer(
         "steps_per_epoch",
         0,
@@ -144,6 +149,20 @@ def define_flags(fv=flags.FLAGS):
         "step's compile time for no steady-state gain).",
         **d,
     )
+    flags.DEFINE_string(
+        "strategy",
+        "default",
+        f"Distribution: one of {', '.join(distribute.STRATEGIES)} (see "
+        "tf_amended_darts/distribute.py).",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "num_gpus",
+        0,
+        "GPUs of --strategy=mirrored (0: all visible; CPU devices without "
+        "GPUs).",
+        **d,
+    )
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs.", **d)
     flags.DEFINE_integer(
         "verbose",
@@ -189,6 +208,8 @@ class RetrainConfig:
     tensorboard: bool = True
     verbose: int = 2
     keep_checkpoints: int = 2
+    strategy: str = "default"
+    num_gpus: int = 0
 
     def __post_init__(self):
         validate(self)
@@ -302,6 +323,7 @@ def validate(c):
         _fail("verbose", "0, 1, 2", c.verbose)
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
+    distribute.validate(c.strategy, c.num_gpus)
     _load_genotype(c.genotype)
 
 

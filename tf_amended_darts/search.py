@@ -14,88 +14,229 @@ Resuming: rerunning the same command finds the newest checkpoint and goes on
 from the epoch after it; a finished stage is not rerun. Each epoch's data
 pipeline is built from ``(seed, epoch)``, so a resumed run sees the same
 batches as an uninterrupted one.
+
+Distribution (``--strategy``, ``--num_gpus``; `distribute.make_strategy`):
+``--batch_size`` is the global batch of each half, split evenly over the
+replicas; the model and its optimisers are built in the strategy's scope.
+``default`` and ``mirrored`` train with ``fit``; ``multi_worker`` with
+`distribute.custom_fit` (Keras' ``fit`` fails under it), with one process
+per worker (launch: `distribute` module docstring). Every worker computes
+the same updates; only the chief writes the run directory, and every
+worker resumes from the chief's checkpoints in the shared ``--model_dir``.
 """
 
 import json
 import os
 import shutil
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import callbacks, data, engine
+from tf_amended_darts import callbacks, data, distribute, engine
 from tf_amended_darts import genotype as G
-from tf_amended_darts.checkpoint import EpochCheckpointer
+from tf_amended_darts.checkpoint import PATTERN, EpochCheckpointer
 from tf_amended_darts.optimizers import EpochCosineDecay, TorchAdam, TorchSGD
 from tf_amended_darts.supernet import SearchNetwork
 
 PAIRS_FILE = "stage1_pairs.json"
 
 
+class SearchResult(NamedTuple):
+    """What `run_search` returns.
+
+    Attributes:
+        genotype: the final `genotype.Genotype`.
+        network: the final stage's `SearchNetwork` (trained).
+    """
+
+    genotype: G.Genotype
+    network: SearchNetwork
+
+
 def _data(config, epoch):
     return data.search_datasets(
-        config.dataset, config.batch_size, config.train_portion,
-        data_dir=config.data_dir, seed=config.seed, cutout=config.cutout,
-        image_size=config.image_size or None, epoch=epoch)
+        config.dataset,
+        config.batch_size,
+        config.train_portion,
+        data_dir=config.data_dir,
+        seed=config.seed,
+        cutout=config.cutout,
+        image_size=config.image_size or None,
+        epoch=epoch,
+    )
 
 
-def build_search(config, num_classes, steps_per_epoch, image_size,
-                 edges=None, stage=1, node_inputs=None):
+def build_search(
+    config,
+    num_classes,
+    steps_per_epoch,
+    image_size,
+    edges=None,
+    stage=1,
+    node_inputs=None,
+):
     """The `BilevelSearch` model of one stage, compiled."""
     space = config.search_space()
     network = SearchNetwork(
-        num_classes, operators=space.operators, layers=space.layers,
-        init_channels=space.init_channels, edges=edges or config.edges,
-        stage=stage, node_inputs=node_inputs,
-        shared=space.shared_per_cell_type, steps=space.steps,
-        multiplier=space.multiplier, arch_init_scale=config.arch_init_scale,
-        seed=config.seed)
+        num_classes,
+        operators=space.operators,
+        layers=space.layers,
+        init_channels=space.init_channels,
+        edges=edges or config.edges,
+        stage=stage,
+        node_inputs=node_inputs,
+        shared=space.shared_per_cell_type,
+        steps=space.steps,
+        multiplier=space.multiplier,
+        arch_init_scale=config.arch_init_scale,
+        seed=config.seed,
+    )
     network.build((None, image_size, image_size, 3))
-    search = engine.BilevelSearch(network, arch_grad=config.arch_grad,
-                                  eta=config.eta, hvp=config.hvp)
-    schedule = EpochCosineDecay(config.weight_lr, config.weight_lr_min,
-                                config.epochs, steps_per_epoch)
+    search = engine.BilevelSearch(
+        network, arch_grad=config.arch_grad, eta=config.eta, hvp=config.hvp
+    )
+    schedule = EpochCosineDecay(
+        config.weight_lr, config.weight_lr_min, config.epochs, steps_per_epoch
+    )
     search.compile(
         weight_optimizer=TorchSGD(
-            schedule, config.momentum, config.weight_decay,
-            global_clipnorm=config.grad_clip or None),
+            schedule,
+            config.momentum,
+            config.weight_decay,
+            global_clipnorm=config.grad_clip or None,
+        ),
         arch_optimizer=TorchAdam(
-            config.arch_lr, config.arch_beta1, config.arch_beta2,
-            coupled_weight_decay=config.arch_weight_decay))
+            config.arch_lr,
+            config.arch_beta1,
+            config.arch_beta2,
+            coupled_weight_decay=config.arch_weight_decay,
+        ),
+    )
     return search
 
 
-def run_stage(config, stage_dir, edges=None, stage=1, node_inputs=None):
-    """Searches one stage in ``stage_dir``, resuming; returns the network."""
-    os.makedirs(stage_dir, exist_ok=True)
+def _restore_read_only(model, directory):
+    """A non-chief worker's restore: the chief's newest checkpoint, if any.
+
+    Reads only (the chief's `EpochCheckpointer` owns the directory).
+    Returns the epoch restored (0 if none).
+    """
+    if not os.path.isdir(directory):
+        return 0
+    epochs = sorted(
+        int(m.group(1)) for m in map(PATTERN.match, os.listdir(directory)) if m
+    )
+    if not epochs:
+        return 0
+    model.load_weights(
+        os.path.join(directory, f"ckpt-{epochs[-1]:04d}.weights.h5")
+    )
+    return epochs[-1]
+
+
+def _check_same_start(strategy, start, directory):
+    """Every worker must resume from the same epoch (multi-worker)."""
+    if not distribute.is_multi_worker(strategy):
+        return
+    starts = strategy.gather(
+        strategy.run(lambda: tf.constant([start], tf.int64)), axis=0
+    )
+    starts = sorted(set(int(s) for s in starts.numpy()))
+    if len(starts) > 1:
+        raise ValueError(
+            f"The workers found checkpoints of different epochs {starts} in "
+            f"{directory}: every worker needs the same --model_dir on a "
+            "shared filesystem."
+        )
+
+
+def run_stage(
+    config, stage_dir, edges=None, stage=1, node_inputs=None, strategy=None
+):
+    """Searches one stage in ``stage_dir``, resuming; returns the network.
+
+    Args:
+        config: the `SearchConfig`.
+        stage_dir: the stage's run directory.
+        edges: edge layout (default ``config.edges``).
+        stage: 1 or 2 (``searched`` edges).
+        node_inputs: stage 2's kept pairs.
+        strategy: a `tf.distribute.Strategy` (default: the current one).
+
+    Returns:
+        ``(network, genotype)``: the trained `SearchNetwork` and the
+        genotype derived from it (written to ``stage_dir`` by the chief).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
+    if chief:
+        os.makedirs(stage_dir, exist_ok=True)
     _, steps, info = _data(config, 0)
     if config.steps_per_epoch:
         steps = min(steps, config.steps_per_epoch)
-    search = build_search(config, info.num_classes, steps, info.image_size,
-                          edges, stage, node_inputs)
+    with strategy.scope():
+        search = build_search(
+            config,
+            info.num_classes,
+            steps,
+            info.image_size,
+            edges,
+            stage,
+            node_inputs,
+        )
     network = search.network
-    checkpointer = EpochCheckpointer(
-        search, os.path.join(stage_dir, "checkpoints"),
-        keep=config.keep_checkpoints)
-    start = checkpointer.restore()
+    checkpoints = os.path.join(stage_dir, "checkpoints")
+    if chief:
+        checkpointer = EpochCheckpointer(
+            search, checkpoints, keep=config.keep_checkpoints
+        )
+        start = checkpointer.restore()
+    else:
+        start = _restore_read_only(search, checkpoints)
+    _check_same_start(strategy, start, checkpoints)
     if start:
         print(f"Resuming {stage_dir} after epoch {start}.")
-    artifacts = callbacks.SearchArtifacts(
-        network, stage_dir, tensorboard=config.tensorboard,
-        initial_epoch=start)
-    guard = callbacks.NonFiniteGuard(model_dir=stage_dir)
+    fit_callbacks = [callbacks.NonFiniteGuard(model_dir=stage_dir)]
+    artifacts = None
+    if chief:
+        artifacts = callbacks.SearchArtifacts(
+            network,
+            stage_dir,
+            tensorboard=config.tensorboard,
+            initial_epoch=start,
+        )
+        fit_callbacks.append(artifacts)
+    multi_worker = distribute.is_multi_worker(strategy)
     for epoch in range(start, config.epochs):
         pairs, _, _ = _data(config, epoch)
-        search.fit(pairs, initial_epoch=epoch, epochs=epoch + 1,
-                   steps_per_epoch=steps, verbose=config.verbose,
-                   callbacks=[guard, artifacts])
-        checkpointer.save(epoch + 1)
-    artifacts.close()
-    _write_final(network.genotype(metadata={
-        "epochs": config.epochs, "arch_grad": config.arch_grad,
-        "eta": config.eta, "space": config.space, "edges": config.edges,
-        "stage": stage}), stage_dir)
-    return network
+        fit_args = dict(
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=steps,
+            verbose=config.verbose,
+            callbacks=fit_callbacks,
+        )
+        if multi_worker:
+            distribute.custom_fit(search, pairs, **fit_args)
+        else:
+            search.fit(pairs, **fit_args)
+        if chief:
+            checkpointer.save(epoch + 1)
+    genotype = network.genotype(
+        metadata={
+            "epochs": config.epochs,
+            "arch_grad": config.arch_grad,
+            "eta": config.eta,
+            "space": config.space,
+            "edges": config.edges,
+            "stage": stage,
+        }
+    )
+    if chief:
+        artifacts.close()
+        _write_final(genotype, stage_dir)
+    return network, genotype
 
 
 def _write_final(genotype, directory):
@@ -105,39 +246,89 @@ def _write_final(genotype, directory):
     visualize.plot_genotype(genotype, os.path.join(directory, "genotype"))
 
 
-def run(config):
-    """Runs the whole search; returns the final `genotype.Genotype`."""
-    os.makedirs(config.model_dir, exist_ok=True)
-    G.atomic_write(os.path.join(config.model_dir, "config.json"),
-                   config.to_json())
+def set_up(config):
+    """Builds the strategy, then seeds and configures TensorFlow.
+
+    The strategy comes first: ``multi_worker`` must be created before any
+    other TensorFlow work of the process.
+
+    Returns:
+        The `tf.distribute.Strategy` of ``--strategy``.
+
+    Raises:
+        ValueError: naming ``--strategy``, ``--num_gpus`` or
+            ``--batch_size`` (not a multiple of the replica count).
+    """
+    strategy = distribute.make_strategy(config.strategy, config.num_gpus)
+    distribute.per_replica_batch_size(config.batch_size, strategy)
     keras.utils.set_random_seed(config.seed)
     if not config.grappler:
         tf.config.optimizer.set_experimental_options(
-            {"disable_meta_optimizer": True})
+            {"disable_meta_optimizer": True}
+        )
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    return strategy
+
+
+def run_search(config, strategy):
+    """Runs the whole search under ``strategy`` (from `set_up`).
+
+    Returns:
+        A `SearchResult`: the final genotype and network.
+    """
+    chief = distribute.is_chief(strategy)
+    if chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+        G.atomic_write(
+            os.path.join(config.model_dir, "config.json"), config.to_json()
+        )
     if config.edges != "searched":
-        run_stage(config, config.model_dir)
+        network, genotype = run_stage(
+            config, config.model_dir, strategy=strategy
+        )
         final_dir = config.model_dir
     else:
         pairs_path = os.path.join(config.model_dir, PAIRS_FILE)
         stage1 = os.path.join(config.model_dir, "stage1")
         if not os.path.exists(pairs_path):
-            network = run_stage(config, stage1, "searched", 1)
-            G.atomic_write(pairs_path, json.dumps(network.stage1_pairs()))
-        with open(pairs_path) as f:
-            pairs = json.load(f)
+            network, _ = run_stage(
+                config, stage1, "searched", 1, strategy=strategy
+            )
+            # Through JSON, as a resumed run reads them.
+            pairs = json.loads(json.dumps(network.stage1_pairs()))
+            if chief:
+                G.atomic_write(pairs_path, json.dumps(pairs))
+        else:
+            with open(pairs_path) as f:
+                pairs = json.load(f)
         keras.utils.set_random_seed(config.seed + 1)
         stage2 = os.path.join(config.model_dir, "stage2")
-        run_stage(config, stage2, "searched", 2, _node_inputs(pairs, config))
+        network, genotype = run_stage(
+            config,
+            stage2,
+            "searched",
+            2,
+            _node_inputs(pairs, config),
+            strategy=strategy,
+        )
         final_dir = stage2
+    if not chief:
+        return SearchResult(genotype, network)
     genotype = G.load(os.path.join(final_dir, "genotype.json"))
     if final_dir != config.model_dir:
         for name in os.listdir(final_dir):
             if name.startswith("genotype") and "." in name:
-                shutil.copyfile(os.path.join(final_dir, name),
-                                os.path.join(config.model_dir, name))
-    return genotype
+                shutil.copyfile(
+                    os.path.join(final_dir, name),
+                    os.path.join(config.model_dir, name),
+                )
+    return SearchResult(genotype, network)
+
+
+def run(config):
+    """Runs the whole search; returns the final `genotype.Genotype`."""
+    return run_search(config, set_up(config)).genotype
 
 
 def _node_inputs(pairs, config):

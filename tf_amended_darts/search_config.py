@@ -10,71 +10,137 @@ import json
 
 from absl import flags
 
-from tf_amended_darts import bilevel, data, hparams
+from tf_amended_darts import bilevel, data, distribute, hparams
 from tf_amended_darts import search_space as S
 
 
 def define_flags(fv=flags.FLAGS):
     """Defines the search flags on ``fv``."""
     d = dict(flag_values=fv)
-    flags.DEFINE_string("model_dir", None, "Run directory (resumes if it "
-                        "holds a checkpoint).", **d)
-    flags.DEFINE_string("dataset", "cifar10",
-                        f"One of {', '.join(data.DATASETS)}.", **d)
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "Run directory (resumes if it holds a checkpoint).",
+        **d,
+    )
+    flags.DEFINE_string(
+        "dataset", "cifar10", f"One of {', '.join(data.DATASETS)}.", **d
+    )
     flags.DEFINE_string("data_dir", None, "TFDS data directory.", **d)
     flags.DEFINE_integer("image_size", 0, "Image side; 0: the dataset's.", **d)
-    flags.DEFINE_float("train_portion", hparams.TRAIN_PORTION,
-                       "Share of the training set used for search-train.",
-                       **d)
-    flags.DEFINE_integer("batch_size", hparams.SEARCH_BATCH_SIZE,
-                         "Global batch size of each half.", **d)
-    flags.DEFINE_integer("epochs", hparams.SEARCH_EPOCHS, "Search epochs "
-                         "(per stage for --edges=searched).", **d)
-    flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch; "
-                         "0: the whole split.", **d)
+    flags.DEFINE_float(
+        "train_portion",
+        hparams.TRAIN_PORTION,
+        "Share of the training set used for search-train.",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "batch_size",
+        hparams.SEARCH_BATCH_SIZE,
+        "Global batch size of each half (split evenly over the replicas).",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        hparams.SEARCH_EPOCHS,
+        "Search epochs (per stage for --edges=searched).",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch", 0, "Cap on steps per epoch; 0: the whole split.", **d
+    )
     flags.DEFINE_string("space", "s1", f"One of {', '.join(S.SPACES)}.", **d)
-    flags.DEFINE_string("edges", "pruned",
-                        f"One of {', '.join(S.EDGE_LAYOUTS)}.", **d)
+    flags.DEFINE_string(
+        "edges", "pruned", f"One of {', '.join(S.EDGE_LAYOUTS)}.", **d
+    )
     flags.DEFINE_integer("layers", 0, "Cells; 0: the space's.", **d)
     flags.DEFINE_integer("init_channels", 0, "C; 0: the space's.", **d)
     flags.DEFINE_list("operators", [], "Override the space's operators.", **d)
-    flags.DEFINE_string("arch_grad", "amended",
-                        f"One of {', '.join(bilevel.ARCH_GRADS)}.", **d)
-    flags.DEFINE_float("eta", hparams.ETA, "Amending coefficient (>= 0).",
-                       **d)
-    flags.DEFINE_string("hvp", "exact",
-                        f"One of {', '.join(bilevel.HVP_MODES)}.", **d)
+    flags.DEFINE_string(
+        "arch_grad", "amended", f"One of {', '.join(bilevel.ARCH_GRADS)}.", **d
+    )
+    flags.DEFINE_float("eta", hparams.ETA, "Amending coefficient (>= 0).", **d)
+    flags.DEFINE_string(
+        "hvp", "exact", f"One of {', '.join(bilevel.HVP_MODES)}.", **d
+    )
     flags.DEFINE_float("weight_lr", hparams.WEIGHT_LR, "Initial SGD lr.", **d)
-    flags.DEFINE_float("weight_lr_min", hparams.WEIGHT_LR_MIN,
-                       "Final SGD lr of the cosine schedule.", **d)
-    flags.DEFINE_float("momentum", hparams.WEIGHT_MOMENTUM, "SGD momentum.",
-                       **d)
-    flags.DEFINE_float("weight_decay", hparams.WEIGHT_DECAY,
-                       "Coupled L2 on weights.", **d)
-    flags.DEFINE_float("grad_clip", hparams.GRAD_CLIP_NORM,
-                       "Global-norm clip of weight gradients.", **d)
+    flags.DEFINE_float(
+        "weight_lr_min",
+        hparams.WEIGHT_LR_MIN,
+        "Final SGD lr of the cosine schedule.",
+        **d,
+    )
+    flags.DEFINE_float(
+        "momentum", hparams.WEIGHT_MOMENTUM, "SGD momentum.", **d
+    )
+    flags.DEFINE_float(
+        "weight_decay", hparams.WEIGHT_DECAY, "Coupled L2 on weights.", **d
+    )
+    flags.DEFINE_float(
+        "grad_clip",
+        hparams.GRAD_CLIP_NORM,
+        "Global-norm clip of weight gradients.",
+        **d,
+    )
     flags.DEFINE_float("arch_lr", hparams.ARCH_LR, "Adam lr.", **d)
     flags.DEFINE_float("arch_beta1", hparams.ARCH_BETA_1, "Adam beta1.", **d)
     flags.DEFINE_float("arch_beta2", hparams.ARCH_BETA_2, "Adam beta2.", **d)
-    flags.DEFINE_float("arch_weight_decay", hparams.ARCH_WEIGHT_DECAY,
-                       "Coupled L2 on architecture parameters.", **d)
-    flags.DEFINE_float("arch_init_scale", hparams.ARCH_INIT_SCALE,
-                       "Logits start at scale * N(0, 1); 0: equal weights.",
-                       **d)
+    flags.DEFINE_float(
+        "arch_weight_decay",
+        hparams.ARCH_WEIGHT_DECAY,
+        "Coupled L2 on architecture parameters.",
+        **d,
+    )
+    flags.DEFINE_float(
+        "arch_init_scale",
+        hparams.ARCH_INIT_SCALE,
+        "Logits start at scale * N(0, 1); 0: equal weights.",
+        **d,
+    )
     flags.DEFINE_integer("cutout", 0, "Cutout length (0: off).", **d)
-    flags.DEFINE_integer("seed", 0, "Seed of data, initialisation, "
-                         "dropout.", **d)
-    flags.DEFINE_bool("deterministic", False, "Turn on TensorFlow op "
-                      "determinism (same flags + seed -> same genotype).",
-                      **d)
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of data, initialisation, dropout.", **d
+    )
+    flags.DEFINE_bool(
+        "deterministic",
+        False,
+        "Turn on TensorFlow op "
+        "determinism (same flags + seed -> same genotype).",
+        **d,
+    )
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs.", **d)
-    flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress "
-                         "bar, 2: one line per epoch, 0: silent).", **d)
+    flags.DEFINE_integer(
+        "verbose",
+        1,
+        "Keras fit verbosity (1: progress "
+        "bar, 2: one line per epoch, 0: silent).",
+        **d,
+    )
     flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept.", **d)
-    flags.DEFINE_bool("grappler", False, "Keep TensorFlow's graph optimiser "
-                      "on. Off by default: it doubles the first step's "
-                      "compile time and did not speed up steps (README, "
-                      "Benchmarks).", **d)
+    flags.DEFINE_string(
+        "strategy",
+        "default",
+        "Distribution: one of "
+        f"{', '.join(distribute.STRATEGIES)} (see "
+        "tf_amended_darts/distribute.py).",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "num_gpus",
+        0,
+        "GPUs of --strategy=mirrored (0: "
+        "all visible; CPU devices without GPUs).",
+        **d,
+    )
+    flags.DEFINE_bool(
+        "grappler",
+        False,
+        "Keep TensorFlow's graph optimiser "
+        "on. Off by default: it doubles the first step's "
+        "compile time and did not speed up steps (README, "
+        "Benchmarks).",
+        **d,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +180,8 @@ class SearchConfig:
     verbose: int = 1
     keep_checkpoints: int = 2
     grappler: bool = False
+    strategy: str = "default"
+    num_gpus: int = 0
 
     def __post_init__(self):
         validate(self)
@@ -134,8 +202,9 @@ class SearchConfig:
 
 
 def _fail(flag, accepted, value):
-    raise ValueError(f"Invalid --{flag}={value!r}. Accepted values: "
-                     f"{accepted}.")
+    raise ValueError(
+        f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
+    )
 
 
 def validate(c):
@@ -158,28 +227,49 @@ def validate(c):
     for name in positive:
         if getattr(c, name) < 1:
             _fail(name, "an integer >= 1", getattr(c, name))
-    for name in ("steps_per_epoch", "layers", "init_channels", "image_size",
-                 "cutout", "seed"):
+    for name in (
+        "steps_per_epoch",
+        "layers",
+        "init_channels",
+        "image_size",
+        "cutout",
+        "seed",
+    ):
         if getattr(c, name) < 0:
             _fail(name, "an integer >= 0 (0: default/off)", getattr(c, name))
     if c.layers and c.layers < 3:
-        _fail("layers", "0 (the space's) or an integer >= 3 (two "
-              "reduction cells at 1/3 and 2/3 of the depth)", c.layers)
+        _fail(
+            "layers",
+            "0 (the space's) or an integer >= 3 (two "
+            "reduction cells at 1/3 and 2/3 of the depth)",
+            c.layers,
+        )
     if c.init_channels and c.init_channels % 2:
-        _fail("init_channels", "an even integer (FactorizedReduce halves "
-              "it)", c.init_channels)
+        _fail(
+            "init_channels",
+            "an even integer (FactorizedReduce halves it)",
+            c.init_channels,
+        )
     if not 0.0 < c.train_portion < 1.0:
         _fail("train_portion", "a number in (0, 1)", c.train_portion)
     for name in ("weight_lr", "arch_lr"):
         if not getattr(c, name) > 0:
             _fail(name, "a number > 0", getattr(c, name))
-    for name in ("weight_lr_min", "weight_decay", "arch_weight_decay",
-                 "arch_init_scale", "grad_clip"):
+    for name in (
+        "weight_lr_min",
+        "weight_decay",
+        "arch_weight_decay",
+        "arch_init_scale",
+        "grad_clip",
+    ):
         if getattr(c, name) < 0:
             _fail(name, "a number >= 0", getattr(c, name))
     if c.weight_lr_min > c.weight_lr:
-        _fail("weight_lr_min", f"a number <= --weight_lr={c.weight_lr}",
-              c.weight_lr_min)
+        _fail(
+            "weight_lr_min",
+            f"a number <= --weight_lr={c.weight_lr}",
+            c.weight_lr_min,
+        )
     for name in ("momentum", "arch_beta1", "arch_beta2"):
         if not 0.0 <= getattr(c, name) < 1.0:
             _fail(name, "a number in [0, 1)", getattr(c, name))
@@ -187,6 +277,7 @@ def validate(c):
         _fail("verbose", "0, 1, 2", c.verbose)
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
+    distribute.validate(c.strategy, c.num_gpus)
 
 
 def from_flags(fv=flags.FLAGS):
