@@ -4,10 +4,11 @@ Each worker is a fresh Python with its own ``TF_CONFIG`` (free loopback
 ports), runs a tiny search through `search.run_search` with
 ``--strategy=multi_worker`` (the custom loop over ``strategy.run``) and
 dumps its architecture variables; both must end with the same values, and
-only the chief writes the run directory. The slow test also runs the
-search in one process (default strategy) and finds the same values: the
-two workers' replicas together see the global batch a single process sees
-(measured: 8e-7 apart after two amended steps).
+only the chief writes the run directory. Re-training with two workers (the
+launcher's custom loop and evaluation) gives both the same result. The slow
+test also runs the search in one process (default strategy) and finds the
+same values: the two workers' replicas together see the global batch a
+single process sees (measured: 8e-7 apart after two amended steps).
 """
 
 import json
@@ -59,6 +60,35 @@ np.savez(
 """
 
 
+RETRAIN_WORKER = """
+import json, sys
+from absl import flags
+from launchers import retrain as launcher
+from tf_amended_darts import retrain_config
+
+fv = flags.FlagValues()
+retrain_config.define_flags(fv)
+fv(["retrain"] + json.loads(sys.argv[1]))
+result = launcher.main(["retrain"], fv)
+with open(sys.argv[2], "w") as f:
+    json.dump(result, f)
+"""
+RETRAIN_TINY = [
+    "--genotype=DARTS_V2",
+    "--dataset=digits",
+    "--image_size=16",
+    "--layers=3",
+    "--init_channels=4",
+    "--batch_size=16",
+    "--epochs=2",
+    "--steps_per_epoch=2",
+    "--noauxiliary",
+    "--drop_path_prob=0.2",
+    "--verbose=0",
+    "--strategy=multi_worker",
+]
+
+
 def _free_ports(n):
     sockets = []
     for _ in range(n):
@@ -84,11 +114,11 @@ def _env(**extra):
     return env
 
 
-def _start(tmp_path, name, flags, **env):
-    out = tmp_path / f"{name}.npz"
+def _start(tmp_path, name, flags, script=WORKER, suffix="npz", **env):
+    out = tmp_path / f"{name}.{suffix}"
     with open(tmp_path / f"{name}.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, json.dumps(flags), str(out)],
+            [sys.executable, "-c", script, json.dumps(flags), str(out)],
             cwd=ROOT,
             env=_env(**env),
             stdout=log,
@@ -97,13 +127,8 @@ def _start(tmp_path, name, flags, **env):
     return proc, out
 
 
-def _start_workers(tmp_path, model_dir, arch_grad):
+def _start_workers(tmp_path, flags, **kwargs):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    flags = TINY + [
-        f"--arch_grad={arch_grad}",
-        "--strategy=multi_worker",
-        f"--model_dir={model_dir}",
-    ]
     started = [
         _start(
             tmp_path,
@@ -112,10 +137,20 @@ def _start_workers(tmp_path, model_dir, arch_grad):
             TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}
             ),
+            **kwargs,
         )
         for index in range(2)
     ]
     return [p for p, _ in started], [out for _, out in started]
+
+
+def _search_workers(tmp_path, model_dir, arch_grad):
+    flags = TINY + [
+        f"--arch_grad={arch_grad}",
+        "--strategy=multi_worker",
+        f"--model_dir={model_dir}",
+    ]
+    return _start_workers(tmp_path, flags)
 
 
 def _wait(procs, tmp_path, names):
@@ -156,7 +191,7 @@ def _check_workers(dumps, model_dir):
 
 def test_two_workers_end_with_the_same_architecture(tmp_path):
     model_dir = tmp_path / "run"
-    procs, outputs = _start_workers(tmp_path, model_dir, "first_order")
+    procs, outputs = _search_workers(tmp_path, model_dir, "first_order")
     _wait(procs, tmp_path, ["worker0", "worker1"])
     _check_workers([np.load(out) for out in outputs], model_dir)
 
@@ -164,7 +199,7 @@ def test_two_workers_end_with_the_same_architecture(tmp_path):
 @pytest.mark.slow
 def test_two_workers_search_as_one_process(tmp_path):
     model_dir = tmp_path / "run"
-    procs, outputs = _start_workers(tmp_path, model_dir, "amended")
+    procs, outputs = _search_workers(tmp_path, model_dir, "amended")
     flags = TINY + ["--arch_grad=amended", f"--model_dir={tmp_path / 'one'}"]
     one, reference = _start(tmp_path, "one", flags)
     _wait(procs + [one], tmp_path, ["worker0", "worker1", "one"])
@@ -172,3 +207,23 @@ def test_two_workers_search_as_one_process(tmp_path):
     _check_workers(dumps, model_dir)
     for a, b in zip(_arch(dumps[0]), _arch(np.load(reference)), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_two_workers_retrain_alike(tmp_path):
+    model_dir = tmp_path / "retrain"
+    flags = RETRAIN_TINY + [f"--model_dir={model_dir}"]
+    procs, outputs = _start_workers(
+        tmp_path, flags, script=RETRAIN_WORKER, suffix="json"
+    )
+    _wait(procs, tmp_path, ["worker0", "worker1"])
+    results = [json.loads(out.read_text()) for out in outputs]
+    # Same weights, and metrics over both workers' halves of the test set.
+    assert results[0] == results[1]
+    written = json.loads((model_dir / "result.json").read_text())
+    assert written == results[0]
+    for name in ("final.weights.h5", "metrics.csv", "config.json"):
+        assert (model_dir / name).exists(), name
+    assert sorted(os.listdir(model_dir / "checkpoints")) == [
+        "ckpt-0001.weights.h5",
+        "ckpt-0002.weights.h5",
+    ]

@@ -59,6 +59,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_amended_darts import checkpoint
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 TF_CONFIG = "TF_CONFIG"
 # One strategy per configuration and process: two strategies over the same
@@ -272,6 +274,65 @@ def per_replica_batch_size(global_batch, strategy=None):
     return global_batch // replicas
 
 
+def restore(model, directory, keep, strategy=None):
+    """Restores ``model`` from its newest epoch checkpoint, if any.
+
+    The chief owns ``directory`` (an `checkpoint.EpochCheckpointer`, which
+    also clears interrupted saves); other workers only read the chief's
+    newest checkpoint. Under a multi-worker strategy every worker must
+    restore the same epoch (a shared ``--model_dir``), or the workers would
+    run different numbers of steps and wait for each other forever.
+
+    Args:
+        model: the model to restore (built in the strategy's scope).
+        directory: the checkpoint directory.
+        keep: checkpoints the chief keeps.
+        strategy: default: the strategy of the current scope.
+
+    Returns:
+        ``(epoch, checkpointer)``: the epoch restored (0 if none) and the
+        chief's `EpochCheckpointer` (None on other workers).
+
+    Raises:
+        ValueError: when the workers restored different epochs.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    checkpointer = None
+    if is_chief(strategy):
+        checkpointer = checkpoint.EpochCheckpointer(model, directory, keep)
+        epoch = checkpointer.restore()
+    else:
+        epoch = _restore_read_only(model, directory)
+    if is_multi_worker(strategy):
+        epochs = strategy.gather(
+            strategy.run(lambda: tf.constant([epoch], tf.int64)), axis=0
+        )
+        epochs = sorted({int(e) for e in epochs.numpy()})
+        if len(epochs) > 1:
+            raise ValueError(
+                f"The workers found checkpoints of different epochs {epochs}"
+                f" in {directory}: every worker needs the same --model_dir, "
+                "on a shared filesystem."
+            )
+    return epoch, checkpointer
+
+
+def _restore_read_only(model, directory):
+    if not os.path.isdir(directory):
+        return 0
+    epochs = sorted(
+        int(match.group(1))
+        for match in map(checkpoint.PATTERN.match, os.listdir(directory))
+        if match
+    )
+    if not epochs:
+        return 0
+    model.load_weights(
+        os.path.join(directory, f"ckpt-{epochs[-1]:04d}.weights.h5")
+    )
+    return epochs[-1]
+
+
 # --------------------------------------------------------------------------
 # Replica context helpers (call these inside `strategy.run`, i.e. in a
 # `train_step`).
@@ -346,13 +407,6 @@ def apply_mean_gradients(optimizer, grads, variables):
 _STEP_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
-def _first_replica(strategy, value):
-    """One replica's value of a per-replica structure (identical values)."""
-    return tf.nest.map_structure(
-        lambda v: strategy.experimental_local_results(v)[0], value
-    )
-
-
 def _step_function(model, method):
     steps = _STEP_FUNCTIONS.setdefault(model, {})
     if method not in steps:
@@ -361,8 +415,18 @@ def _step_function(model, method):
 
         @tf.function
         def step(batch):
-            logs = strategy.run(getattr(owner(), method), args=(batch,))
-            return _first_replica(strategy, logs)
+            model = owner()
+            logs = strategy.run(getattr(model, method), args=(batch,))
+            # Non-metric values (e.g. the learning rate): their mean over
+            # the replicas, as `fit` logs them. Metrics: read here, in
+            # cross-replica context, their (sync-on-read) variables sum
+            # over all replicas of all workers: the global values.
+            logs = {
+                key: strategy.reduce("MEAN", value, axis=None)
+                for key, value in logs.items()
+            }
+            logs.update(model.get_metrics_result())
+            return logs
 
         steps[method] = step
     return steps[method]
@@ -375,7 +439,8 @@ def train_function(model):
         model: a Keras model built in the scope of its strategy.
 
     Returns:
-        ``step(distributed_batch) -> logs`` (the first local replica's).
+        ``step(distributed_batch) -> logs``: the model's metrics over all
+        replicas (of all workers), and the replica mean of other values.
     """
     return _step_function(model, "train_step")
 
@@ -418,8 +483,10 @@ def custom_fit(
     ``strategy.experimental_distribute_dataset`` (its batches are global).
     No Keras private API is patched: this is the loop Keras'
     MultiWorkerMirroredStrategy support lacks (keras-team/keras#20585), and
-    it works under any strategy. The logged values are those of the first
-    local replica (the engine's metrics are synchronized across replicas).
+    it works under any strategy. The logs are the model's metrics over all
+    replicas of all workers (`train_function`): every worker sees the same
+    values, so callbacks that stop training (e.g. a NaN guard) stop every
+    worker at the same step.
 
     Args:
         model: a compiled Keras model whose ``train_step`` returns a dict of

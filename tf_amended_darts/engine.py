@@ -37,6 +37,15 @@ every estimator and product mode (tests/test_distribute.py measures it):
   replica statistics (``sync_batch_norm=False``, what PyTorch DARTS'
   ``DataParallel`` does) make the loss itself depend on the replica count:
   each replica's loss normalises with its own share's statistics.
+  Synchronization costs one small all-reduce per batch-norm call per pass
+  (forward, backward, double backward); on the tiny 3-cell supernet with
+  2 logical CPUs it grew the traced ``first_order`` step from 49k to 77k
+  graph nodes (tracing 18 s -> 29 s).
+
+Measured (tests/test_distribute.py, 2 logical CPUs, clipping active): after
+three steps every variable and optimiser slot of 1 and 2 replicas agree to
+1e-6 relative for all five estimator / product settings, and the float64
+estimates through synchronized batch norm to 5e-15.
 """
 
 import keras

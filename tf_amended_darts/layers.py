@@ -24,7 +24,9 @@ written to emit few nodes (`tests/test_graph_size.py` pins the counts): raw
 it (explicit convolution padding, 'SAME' pooling when it coincides), and
 constants shared by every layer of the graph being traced (`graph_constant`).
 `frozen_statistics()` lets functional passes trace training-mode batch norms
-without moving-statistic updates.
+without moving-statistic updates; `synchronized_statistics()` makes them
+normalise with the statistics of the global batch under a multi-replica
+`tf.distribute` strategy (`cross_replica_sum`, differentiable to any order).
 """
 
 import contextlib

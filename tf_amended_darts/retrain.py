@@ -69,15 +69,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tf_amended_darts import (
-    checkpoint,
-    data,
-    distribute,
-    network,
-    retrain_config,
-)
+from tf_amended_darts import data, distribute, network, retrain_config
 from tf_amended_darts import genotype as G
-from tf_amended_darts.checkpoint import EpochCheckpointer
 from tf_amended_darts.optimizers import EpochCosineDecay, TorchSGD
 
 CONFIG_FILE = "config.json"
@@ -593,39 +586,6 @@ def _check_genotype(model_dir, genotype):
 # Runs.
 
 
-def _restore_read_only(model, directory):
-    """A non-chief worker's restore of the chief's newest checkpoint."""
-    if not os.path.isdir(directory):
-        return 0
-    epochs = sorted(
-        int(m.group(1))
-        for m in map(checkpoint.PATTERN.match, os.listdir(directory))
-        if m
-    )
-    if not epochs:
-        return 0
-    model.load_weights(
-        os.path.join(directory, f"ckpt-{epochs[-1]:04d}.weights.h5")
-    )
-    return epochs[-1]
-
-
-def _check_same_start(strategy, start, directory):
-    """Every worker must resume from the same epoch (multi-worker)."""
-    if not distribute.is_multi_worker(strategy):
-        return
-    starts = strategy.gather(
-        strategy.run(lambda: tf.constant([start], tf.int64)), axis=0
-    )
-    starts = sorted(set(int(s) for s in starts.numpy()))
-    if len(starts) > 1:
-        raise ValueError(
-            f"The workers found checkpoints of different epochs {starts} "
-            f"in {directory}: every worker needs the same --model_dir on a "
-            "shared filesystem."
-        )
-
-
 def _fit_one_epoch(model, config, epoch, steps, test, callbacks, drop):
     """One epoch of training then evaluation; the epoch's logs."""
     strategy = model.distribute_strategy
@@ -688,15 +648,12 @@ def run_one(config, strategy=None):
     with strategy.scope():
         net = build_network(config, genotype)
         model = build_retrainer(config, net, steps)
-    directory = os.path.join(config.model_dir, CHECKPOINT_DIR)
-    if chief:
-        checkpointer = EpochCheckpointer(
-            model, directory, keep=config.keep_checkpoints
-        )
-        start = checkpointer.restore()
-    else:
-        start = _restore_read_only(model, directory)
-    _check_same_start(strategy, start, directory)
+    start, checkpointer = distribute.restore(
+        model,
+        os.path.join(config.model_dir, CHECKPOINT_DIR),
+        config.keep_checkpoints,
+        strategy,
+    )
     if start > config.epochs:
         raise ValueError(
             f"Invalid --epochs={config.epochs}: --model_dir="

@@ -35,7 +35,6 @@ import tensorflow as tf
 
 from tf_amended_darts import callbacks, data, distribute, engine
 from tf_amended_darts import genotype as G
-from tf_amended_darts.checkpoint import PATTERN, EpochCheckpointer
 from tf_amended_darts.optimizers import EpochCosineDecay, TorchAdam, TorchSGD
 from tf_amended_darts.supernet import SearchNetwork
 
@@ -116,45 +115,10 @@ def build_search(
     return search
 
 
-def _restore_read_only(model, directory):
-    """A non-chief worker's restore: the chief's newest checkpoint, if any.
-
-    Reads only (the chief's `EpochCheckpointer` owns the directory).
-    Returns the epoch restored (0 if none).
-    """
-    if not os.path.isdir(directory):
-        return 0
-    epochs = sorted(
-        int(m.group(1)) for m in map(PATTERN.match, os.listdir(directory)) if m
-    )
-    if not epochs:
-        return 0
-    model.load_weights(
-        os.path.join(directory, f"ckpt-{epochs[-1]:04d}.weights.h5")
-    )
-    return epochs[-1]
-
-
-def _check_same_start(strategy, start, directory):
-    """Every worker must resume from the same epoch (multi-worker)."""
-    if not distribute.is_multi_worker(strategy):
-        return
-    starts = strategy.gather(
-        strategy.run(lambda: tf.constant([start], tf.int64)), axis=0
-    )
-    starts = sorted(set(int(s) for s in starts.numpy()))
-    if len(starts) > 1:
-        raise ValueError(
-            f"The workers found checkpoints of different epochs {starts} in "
-            f"{directory}: every worker needs the same --model_dir on a "
-            "shared filesystem."
-        )
-
-
 def run_stage(
     config, stage_dir, edges=None, stage=1, node_inputs=None, strategy=None
 ):
-    """Searches one stage in ``stage_dir``, resuming; returns the network.
+    """Searches one stage in ``stage_dir``, resuming.
 
     Args:
         config: the `SearchConfig`.
@@ -186,15 +150,12 @@ def run_stage(
             node_inputs,
         )
     network = search.network
-    checkpoints = os.path.join(stage_dir, "checkpoints")
-    if chief:
-        checkpointer = EpochCheckpointer(
-            search, checkpoints, keep=config.keep_checkpoints
-        )
-        start = checkpointer.restore()
-    else:
-        start = _restore_read_only(search, checkpoints)
-    _check_same_start(strategy, start, checkpoints)
+    start, checkpointer = distribute.restore(
+        search,
+        os.path.join(stage_dir, "checkpoints"),
+        config.keep_checkpoints,
+        strategy,
+    )
     if start:
         print(f"Resuming {stage_dir} after epoch {start}.")
     fit_callbacks = [callbacks.NonFiniteGuard(model_dir=stage_dir)]
