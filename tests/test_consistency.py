@@ -315,3 +315,22 @@ def test_search_fit_with_aux_and_drop_path(arch_grad):
         not np.array_equal(a, v.numpy())
         for a, v in zip(alphas, net.arch_variables, strict=True)
     )
+
+
+def test_weight_step_uses_the_architecture_step_masks():
+    # The seed state is only advanced by the stateful weight-step call, so
+    # it draws the masks the functional passes of the step drew.
+    net = _net(drop_path_prob=0.5, size=16)
+    search = engine.BilevelSearch(net, arch_grad="first_order")
+    search.compile()
+    x = _images(n=8, size=16)
+    y = np.arange(8) % NUM_CLASSES
+    w = [v.value for v in search.weight_variables]
+    a = [v.value for v in search.arch_variables]
+    functional = float(search.functional_loss(x, y)(w, a))
+    stateful = float(search.compute_search_loss(y, net(x, training=True)))
+    assert stateful == pytest.approx(functional, rel=1e-6)
+    # ... and the next step draws new ones.
+    assert float(search.functional_loss(x, y)(w, a)) != functional
+    search.drop_path_prob = 0.25  # the engine forwards schedules' values
+    assert net.drop_path_prob == 0.25

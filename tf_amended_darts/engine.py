@@ -144,6 +144,15 @@ class BilevelSearch(keras.Model):
     # -- variables ------------------------------------------------------------
 
     @property
+    def drop_path_prob(self):
+        """The wrapped network's drop-path probability (for schedules)."""
+        return self.network.drop_path_prob
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, value):
+        self.network.drop_path_prob = value
+
+    @property
     def weight_variables(self):
         return list(self.network.weight_variables)
 

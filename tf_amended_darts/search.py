@@ -23,6 +23,19 @@ replicas; the model and its optimisers are built in the strategy's scope.
 per worker (launch: `distribute` module docstring). Every worker computes
 the same updates; only the chief writes the run directory, and every
 worker resumes from the chief's checkpoints in the shared ``--model_dir``.
+
+Consistency (``--consistency``, or ``--auxiliary`` / ``--drop_path_prob``
+/ ``--cutout`` one by one; `search_config`): the supernet gets the auxiliary
+head, whose loss (times ``--auxiliary_weight``) is part of both the training
+and the validation loss of the bi-level problem, and drop-path on every
+candidate operator but identity, ramped linearly from 0 at each stage's
+first epoch to ``--drop_path_prob`` (`network.DropPathSchedule`). Within one
+search step every pass of the architecture step (the validation pass and
+the estimator's products on the training batch) and the weight step use the
+same drop-path masks (the masks are a function of the seed state, which
+only the weight step advances): ``H``, ``D`` and ``v`` are derivatives of
+one function, and the weights are trained on the sub-network whose
+architecture gradient was just taken.
 """
 
 import json
@@ -35,6 +48,7 @@ import tensorflow as tf
 
 from tf_amended_darts import callbacks, data, distribute, engine
 from tf_amended_darts import genotype as G
+from tf_amended_darts.network import DropPathSchedule
 from tf_amended_darts.optimizers import EpochCosineDecay, TorchAdam, TorchSGD
 from tf_amended_darts.supernet import SearchNetwork
 
@@ -90,10 +104,28 @@ def build_search(
         multiplier=space.multiplier,
         arch_init_scale=config.arch_init_scale,
         seed=config.seed,
+        auxiliary=config.auxiliary,
+        drop_path_prob=config.drop_path_prob,
     )
-    network.build((None, image_size, image_size, 3))
+    try:
+        network.build((None, image_size, image_size, 3))
+    except (ValueError, ZeroDivisionError) as err:
+        if not config.auxiliary:
+            raise
+        raise ValueError(
+            f"Invalid --image_size={config.image_size} ({image_size}x"
+            f"{image_size} images of --dataset={config.dataset}) for "
+            f"--auxiliary: the auxiliary head (after cell "
+            f"{network.aux_index}) needs at least 8x8 features, i.e. 32x32 "
+            "images; use --image_size=32 or --noauxiliary. "
+            f"({type(err).__name__}: {err})"
+        ) from None
     search = engine.BilevelSearch(
-        network, arch_grad=config.arch_grad, eta=config.eta, hvp=config.hvp
+        network,
+        arch_grad=config.arch_grad,
+        eta=config.eta,
+        hvp=config.hvp,
+        aux_weight=config.auxiliary_weight if config.auxiliary else 0.0,
     )
     schedule = EpochCosineDecay(
         config.weight_lr, config.weight_lr_min, config.epochs, steps_per_epoch
@@ -159,6 +191,11 @@ def run_stage(
     if start:
         print(f"Resuming {stage_dir} after epoch {start}.")
     fit_callbacks = [callbacks.NonFiniteGuard(model_dir=stage_dir)]
+    if config.drop_path_prob:
+        # Ramped per stage over its epochs, as re-training ramps it.
+        fit_callbacks.append(
+            DropPathSchedule(config.drop_path_prob, config.epochs)
+        )
     artifacts = None
     if chief:
         artifacts = callbacks.SearchArtifacts(

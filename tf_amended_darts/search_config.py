@@ -3,6 +3,17 @@
 Flags are defined by `define_flags(flag_values)`, never at import, and the
 config is built from any `FlagValues` so tests can pass their own. Every
 check names the flag and the accepted values.
+
+Hyper-parameter consistency (``--consistency``; paper 2.4 and B.1,
+../shared/method.md section 6): the search network trains with what the
+re-training network uses (`CONSISTENCY`: DARTS' CIFAR re-training recipe):
+20 cells, C = 36, Cutout 16, drop-path ramped linearly to 0.2 over the
+search epochs and the auxiliary head with loss weight 0.4. A flag given
+explicitly (command line or flagfile) wins over the consistency value, so
+``--consistency --layers=8 --init_channels=16`` searches S1's 8-cell
+supernet with the re-training regularisers (the Table 1 setting). The
+paper's "Dropout" is drop-path here: DARTS' CIFAR network has no other
+dropout.
 """
 
 import dataclasses
@@ -11,7 +22,29 @@ import json
 from absl import flags
 
 from tf_amended_darts import bilevel, data, distribute, hparams
+from tf_amended_darts import network as N
+from tf_amended_darts import retrain_config as R
 from tf_amended_darts import search_space as S
+
+# The re-training values that --consistency brings into the search
+# ([darts] cnn/train.py, the paper's CIFAR-10 re-training: network.py and
+# retrain_config.py name their sources), and the values without it.
+CONSISTENCY = {
+    "layers": N.CIFAR_LAYERS,
+    "init_channels": N.CIFAR_INIT_CHANNELS,
+    "cutout": R.CUTOUT,
+    "drop_path_prob": N.DROP_PATH_PROB,
+    "auxiliary": True,
+    "auxiliary_weight": R.AUXILIARY_WEIGHT,
+}
+WITHOUT_CONSISTENCY = {
+    "layers": 0,
+    "init_channels": 0,
+    "cutout": 0,
+    "drop_path_prob": 0.0,
+    "auxiliary": False,
+    "auxiliary_weight": R.AUXILIARY_WEIGHT,
+}
 
 
 def define_flags(fv=flags.FLAGS):
@@ -55,6 +88,13 @@ def define_flags(fv=flags.FLAGS):
     )
     flags.DEFINE_integer("layers", 0, "Cells; 0: the space's.", **d)
     flags.DEFINE_integer("init_channels", 0, "C; 0: the space's.", **d)
+    flags.DEFINE_integer(
+        "nodes",
+        0,
+        "Intermediate nodes per cell, all concatenated into the cell "
+        "output; 0: the space's (4).",
+        **d,
+    )
     flags.DEFINE_list("operators", [], "Override the space's operators.", **d)
     flags.DEFINE_string(
         "arch_grad", "amended", f"One of {', '.join(bilevel.ARCH_GRADS)}.", **d
@@ -98,6 +138,33 @@ def define_flags(fv=flags.FLAGS):
         **d,
     )
     flags.DEFINE_integer("cutout", 0, "Cutout length (0: off).", **d)
+    flags.DEFINE_bool(
+        "consistency",
+        False,
+        "Search with the re-training network's depth, width, Cutout, "
+        "drop-path and auxiliary head (paper 2.4, B.1); flags given "
+        "explicitly win (search_config.CONSISTENCY).",
+        **d,
+    )
+    flags.DEFINE_bool(
+        "auxiliary",
+        False,
+        "Auxiliary head after cell 2 * layers // 3 (needs 32x32 images).",
+        **d,
+    )
+    flags.DEFINE_float(
+        "auxiliary_weight",
+        R.AUXILIARY_WEIGHT,
+        "Weight of the auxiliary loss (train and validation losses).",
+        **d,
+    )
+    flags.DEFINE_float(
+        "drop_path_prob",
+        0.0,
+        "Drop-path probability reached at the last search epoch (ramped "
+        "linearly from 0 per stage, as re-training does); 0: off.",
+        **d,
+    )
     flags.DEFINE_integer(
         "seed", 0, "Seed of data, initialisation, dropout.", **d
     )
@@ -157,8 +224,9 @@ class SearchConfig:
     steps_per_epoch: int = 0
     space: str = "s1"
     edges: str = "pruned"
-    layers: int = 0
-    init_channels: int = 0
+    layers: int = None
+    init_channels: int = None
+    nodes: int = 0
     operators: tuple = ()
     arch_grad: str = "amended"
     eta: float = hparams.ETA
@@ -173,7 +241,11 @@ class SearchConfig:
     arch_beta2: float = hparams.ARCH_BETA_2
     arch_weight_decay: float = hparams.ARCH_WEIGHT_DECAY
     arch_init_scale: float = hparams.ARCH_INIT_SCALE
-    cutout: int = 0
+    cutout: int = None
+    consistency: bool = False
+    auxiliary: bool = None
+    auxiliary_weight: float = None
+    drop_path_prob: float = None
     seed: int = 0
     deterministic: bool = False
     tensorboard: bool = True
@@ -184,6 +256,12 @@ class SearchConfig:
     num_gpus: int = 0
 
     def __post_init__(self):
+        # Fields left unset (None) take the consistency value with
+        # --consistency, the search's own default without it.
+        defaults = CONSISTENCY if self.consistency else WITHOUT_CONSISTENCY
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         validate(self)
 
     def search_space(self):
@@ -195,6 +273,8 @@ class SearchConfig:
             overrides["init_channels"] = self.init_channels
         if self.operators:
             overrides["operators"] = tuple(self.operators)
+        if self.nodes:
+            overrides["steps"] = overrides["multiplier"] = self.nodes
         return S.get_space(self.space, **overrides)
 
     def to_json(self):
@@ -231,12 +311,19 @@ def validate(c):
         "steps_per_epoch",
         "layers",
         "init_channels",
+        "nodes",
         "image_size",
         "cutout",
         "seed",
     ):
         if getattr(c, name) < 0:
             _fail(name, "an integer >= 0 (0: default/off)", getattr(c, name))
+    if not isinstance(c.auxiliary, bool):
+        _fail("auxiliary", "true or false", c.auxiliary)
+    if not 0.0 <= c.drop_path_prob < 1.0:
+        _fail("drop_path_prob", "a number in [0, 1)", c.drop_path_prob)
+    if c.auxiliary_weight < 0:
+        _fail("auxiliary_weight", "a number >= 0", c.auxiliary_weight)
     if c.layers and c.layers < 3:
         _fail(
             "layers",
@@ -281,11 +368,21 @@ def validate(c):
 
 
 def from_flags(fv=flags.FLAGS):
-    """A `SearchConfig` from parsed flag values."""
+    """A `SearchConfig` from parsed flag values.
+
+    Under ``--consistency`` the flags of `CONSISTENCY` that were not given
+    (on the command line or in a flagfile) take the consistency values.
+    """
     kwargs = {}
     for field in dataclasses.fields(SearchConfig):
         value = fv[field.name].value
         if field.name == "operators":
             value = tuple(value or ())
+        if (
+            fv.consistency
+            and field.name in CONSISTENCY
+            and not fv[field.name].present
+        ):
+            value = None
         kwargs[field.name] = value
     return SearchConfig(**kwargs)

@@ -59,7 +59,7 @@ INPUTS_PER_NODE = 2
 
 EDGE_LAYOUTS = ("pruned", "fixed", "searched")
 
-_OVERRIDABLE = ("layers", "init_channels", "operators")
+_OVERRIDABLE = ("layers", "init_channels", "operators", "steps", "multiplier")
 
 
 def _invalid(field: str, expected: str, value) -> ValueError:
