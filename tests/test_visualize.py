@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from tf_amended_darts import derive, visualize
 from tf_amended_darts import genotype as gt
-from tf_amended_darts import visualize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # PNG specification, section 5.2
 
@@ -34,7 +34,7 @@ def test_plot_genotype_shared(name, tmp_path):
 
 def test_plot_genotype_per_cell(tmp_path):
     weights = [np.tile([0.3, 0.7], (8, 1))] * 3
-    genotype = gt.derive_per_cell(
+    genotype = derive.derive_per_cell(
         weights, ("skip_connect", "sep_conv_3x3"), [1, 2]
     )
     paths = visualize.plot_genotype(genotype, tmp_path / "s2")
@@ -86,7 +86,7 @@ def test_genotype_to_text_shared():
 
 def test_genotype_to_text_per_cell():
     weights = [np.tile([0.3, 0.7], (8, 1))] * 3
-    genotype = gt.derive_per_cell(
+    genotype = derive.derive_per_cell(
         weights, ("skip_connect", "sep_conv_3x3"), [1, 2]
     )
     lines = visualize.genotype_to_text(genotype).splitlines()

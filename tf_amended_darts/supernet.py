@@ -21,8 +21,7 @@ import keras
 import numpy as np
 from keras import ops as kops
 
-from tf_amended_darts import genotype as G
-from tf_amended_darts import hparams
+from tf_amended_darts import derive, hparams
 from tf_amended_darts import layers as L
 from tf_amended_darts import network as N
 from tf_amended_darts import search_space as S
@@ -366,7 +365,10 @@ class SearchNetwork(keras.Model):
         """``searched`` stage 1: each node's argmax pair, per key."""
         w = self.arch_weights()
         return {
-            k: [list(p) for p in G.derive_pairs(w[f"beta_{k}"], self.steps)]
+            k: [
+                list(p)
+                for p in derive.derive_pairs(w[f"beta_{k}"], self.steps)
+            ]
             for k in self.betas
         }
 
@@ -388,7 +390,7 @@ class SearchNetwork(keras.Model):
                 for k in self.arch_keys()
             }
         if self.shared:
-            return G.derive_shared(
+            return derive.derive_shared(
                 w["normal"],
                 w["reduce"],
                 self.operators,
@@ -400,7 +402,7 @@ class SearchNetwork(keras.Model):
                 metadata=metadata,
             )
         keys = self.arch_keys()
-        return G.derive_per_cell(
+        return derive.derive_per_cell(
             [w[k] for k in keys],
             self.operators,
             self.reductions,
