@@ -1,4 +1,7 @@
-"""Packaging for tf-amended-darts (pinned: the versions the tests were run with)."""
+"""Packaging for tf-amended-darts.
+
+Pinned: the versions the tests were run with.
+"""
 
 from setuptools import find_packages, setup
 

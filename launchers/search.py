@@ -14,8 +14,11 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts import search, search_config  # noqa: E402
-from tf_amended_darts import visualize  # noqa: E402
+from tf_amended_darts import (  # noqa: E402
+    search,
+    search_config,
+    visualize,  # noqa: E402
+)
 
 
 def run_search(fv=flags.FLAGS):

@@ -65,7 +65,8 @@ def main(argv, fv=flags.FLAGS):
     main_rows = runs.pop(fv.arch_grad)
     toy.write_csv(os.path.join(fv.output_dir, "trajectory.csv"), main_rows,
                   extra=runs)
-    title = lambda n: f"{n} (eta={fv.eta:g})" if n == "amended" else n
+    def title(n):
+        return f"{n} (eta={fv.eta:g})" if n == "amended" else n
     panels = {title(fv.arch_grad): main_rows}
     panels.update({title(n): r for n, r in runs.items()})
     toy.plot(os.path.join(fv.output_dir, "trajectory.png"), panels)

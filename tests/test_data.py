@@ -19,13 +19,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _collect(ds):
     """All batches of one iteration, concatenated per component."""
     batches = list(ds.as_numpy_iterator())
-    return [np.concatenate(part) for part in zip(*batches)]
+    return [np.concatenate(part) for part in zip(*batches, strict=True)]
 
 
 def _pairs_epoch(pairs):
     """One epoch of a pairs dataset as (x_tr, y_tr, x_val, y_val)."""
     batches = [(a[0], a[1], b[0], b[1]) for a, b in pairs.as_numpy_iterator()]
-    return [np.concatenate(part) for part in zip(*batches)]
+    return [np.concatenate(part) for part in zip(*batches, strict=True)]
 
 
 def _row_hashes(images):
@@ -192,8 +192,8 @@ def test_search_pipeline_is_deterministic_and_reshuffles():
         return [_pairs_epoch(pairs) for _ in range(2)]
 
     first, second = epochs(3), epochs(3)
-    for a, b in zip(first, second):
-        for x, y in zip(a, b):
+    for a, b in zip(first, second, strict=True):
+        for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
     # Each epoch reshuffles and re-augments; another seed differs.
     assert not np.array_equal(first[0][1], first[1][1])
@@ -317,7 +317,7 @@ def test_cifar10_mock_augmentation_is_crop_and_flip(mock_cifar):
     x, y = _collect(ds)
     assert x.shape == (20, 32, 32, 3)
     moved = flipped = 0
-    for image, label in zip(x, y):
+    for image, label in zip(x, y, strict=True):
         raw_view = image * std + mean  # back to [0, 1]
         found = None
         for k in np.flatnonzero(labels == label):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts import diagnostics, toy
 from tests.test_bilevel import Quadratic, _flat
+from tf_amended_darts import diagnostics, toy
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -92,7 +92,7 @@ def test_two_steps_equal_hand_computed_sgd_and_adam():
     m, s = np.zeros_like(a), np.zeros_like(a)
     clipped = False
     for t, ((xt, yt), (xv, yv)) in enumerate(data, start=1):
-        for var, val in zip(net.weight_variables, w):
+        for var, val in zip(net.weight_variables, w, strict=True):
             var.assign(val)
         net.alpha.assign(a)
         with tf.GradientTape() as tape:
@@ -123,10 +123,10 @@ def test_two_steps_equal_hand_computed_sgd_and_adam():
         arch_optimizer=TorchAdam(lr_a, b1, b2, eps, wd_a))
     search2.fit(_pairs(2, scale=30.0), epochs=1, verbose=0)
     np.testing.assert_allclose(net2.alpha.numpy(), a, rtol=2e-5, atol=1e-7)
-    for var, val in zip(net2.weight_variables, w):
+    for var, val in zip(net2.weight_variables, w, strict=True):
         np.testing.assert_allclose(var.numpy(), val, rtol=2e-5, atol=1e-6)
     sgd = search2.weight_optimizer
-    for var, b in zip(net2.weight_variables, buf):
+    for var, b in zip(net2.weight_variables, buf, strict=True):
         np.testing.assert_allclose(sgd.momentum_buffer(var).numpy(), b,
                                    rtol=1e-4, atol=1e-6)
 
@@ -137,7 +137,9 @@ def test_amended_with_zero_eta_reproduces_first_order(hvp):
     net2, s2 = _search("amended", eta=0.0, hvp=hvp)
     s1.fit(_pairs(3), epochs=1, verbose=0)
     s2.fit(_pairs(3), epochs=1, verbose=0)
-    for v1, v2 in zip(net1.trainable_variables, net2.trainable_variables):
+    for v1, v2 in zip(
+        net1.trainable_variables, net2.trainable_variables, strict=True
+    ):
         np.testing.assert_array_equal(v1.numpy(), v2.numpy())
 
 
@@ -148,7 +150,7 @@ def test_arch_step_leaves_batch_norm_statistics_alone(arch_grad):
     before = [v.numpy().copy() for v in net.non_trainable_variables]
     batch = next(iter(_pairs(1)))
     tf.function(lambda b: search.arch_gradient(*b)[0].arch_grads)(batch)
-    for x, v in zip(before, net.non_trainable_variables):
+    for x, v in zip(before, net.non_trainable_variables, strict=True):
         np.testing.assert_array_equal(x, v.numpy())
     # A full step moves them once, as one training-mode pass does.
     search.fit(_pairs(1), epochs=1, verbose=0)

@@ -285,7 +285,7 @@ def test_per_cell_genotype():
     net = network.NetworkCIFAR(genotype, **SMALL)
     logits, aux = net(tf.random.normal((2, 32, 32, 3)), training=True)
     assert logits.shape == (2, 10) and aux.shape == (2, 10)
-    for cell, spec in zip(net.cells, genotype.cells):
+    for cell, spec in zip(net.cells, genotype.cells, strict=True):
         assert [tuple(e) for e in cell.cell_edges] == list(spec.edges)
         assert cell.reduction == spec.reduction
     with pytest.raises(ValueError, match="layers"):

@@ -107,8 +107,10 @@ def test_supernet_products_match_float64_central_differences(operators):
     eps = 1e-6
     plus = grads(bilevel.axpy(eps, v, w))
     minus = grads(bilevel.axpy(-eps, v, w))
-    hv_fd = [(p - m) / (2 * eps) for p, m in zip(plus[0], minus[0])]
-    rel = float(bilevel.global_norm([x - y for x, y in zip(hv, hv_fd)])
+    hv_fd = [(p - m) / (2 * eps)
+             for p, m in zip(plus[0], minus[0], strict=True)]
+    rel = float(bilevel.global_norm(
+        [x - y for x, y in zip(hv, hv_fd, strict=True)])
                 / bilevel.global_norm(hv_fd))
     assert rel < 1e-6
     hv_norm = bilevel.global_norm(hv)
@@ -116,7 +118,8 @@ def test_supernet_products_match_float64_central_differences(operators):
     plus = grads(bilevel.axpy(eps, u, w))
     minus = grads(bilevel.axpy(-eps, u, w))
     dhv_fd = [hv_norm * (p - m) / (2 * eps)
-              for p, m in zip(plus[1], minus[1])]
-    rel = float(bilevel.global_norm([x - y for x, y in zip(dhv, dhv_fd)])
+              for p, m in zip(plus[1], minus[1], strict=True)]
+    rel = float(bilevel.global_norm(
+        [x - y for x, y in zip(dhv, dhv_fd, strict=True)])
                 / bilevel.global_norm(dhv_fd))
     assert rel < 1e-6

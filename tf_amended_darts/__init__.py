@@ -1,3 +1,3 @@
-"""tf-amended-darts: Amended-DARTS architecture search in Keras 3 / TensorFlow 2."""
+"""tf-amended-darts: Amended-DARTS architecture search, Keras 3 / TF 2."""
 
 __version__ = "0.1.0"

@@ -461,7 +461,8 @@ def search_datasets(
     sources, counts, lookup = _sources(
         info, "train", float(portion), where, s[0], shuffle_split
     )
-    for half, count in zip(("search-train", "search-val"), counts):
+    halves = ("search-train", "search-val")
+    for half, count in zip(halves, counts, strict=True):
         if count < batch_size:
             raise ValueError(
                 f"batch_size={batch_size} is larger than the {half} half "
@@ -470,7 +471,7 @@ def search_datasets(
     ds_tr, ds_val = (
         _pipeline(src, fn, lookup, batch_size, _buffer(n, lookup), ss, True)
         for src, fn, n, ss in zip(
-            sources, (train_tf, val_tf), counts, (s[1:3], s[3:5])
+            sources, (train_tf, val_tf), counts, (s[1:3], s[3:5]), strict=True
         )
     )
     pairs = tf.data.Dataset.zip((ds_tr, ds_val)).prefetch(tf.data.AUTOTUNE)

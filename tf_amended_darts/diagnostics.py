@@ -71,7 +71,7 @@ def true_hypergradient(
         tf.constant(-1.0, w[0].dtype),
         bilevel.mixed_exact(train_loss, w, a, solve),
     )
-    return [x + y for x, y in zip(g1, g2)], g1, g2, residual
+    return [x + y for x, y in zip(g1, g2, strict=True)], g1, g2, residual
 
 
 def cosine_similarity(xs, ys):

@@ -236,7 +236,7 @@ def plot(path, trajectories):
 
     fig = Figure(figsize=(5 * len(trajectories), 4), dpi=100)
     axes = fig.subplots(1, len(trajectories), squeeze=False)[0]
-    for ax, (title, rows) in zip(axes, trajectories.items()):
+    for ax, (title, rows) in zip(axes, trajectories.items(), strict=True):
         steps = [r["step"] for r in rows]
         ax.plot(steps, [r["a"] for r in rows], color="red", label="a")
         ax.plot(steps, [r["w"] for r in rows], color="green", label="w")
