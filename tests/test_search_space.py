@@ -60,7 +60,14 @@ def test_get_space_unknown_name_lists_accepted():
 
 def test_get_space_unknown_override_lists_accepted():
     with pytest.raises(ValueError, match=r"overrides.*layers"):
-        ss.get_space("s1", steps=3)
+        ss.get_space("s1", shared_per_cell_type=False)
+
+
+def test_get_space_overrides_the_number_of_nodes():
+    space = ss.get_space("s2", steps=3, multiplier=3)
+    assert (space.steps, space.multiplier, space.layers) == (3, 3, 20)
+    with pytest.raises(ValueError, match="multiplier"):
+        ss.get_space("s1", steps=2, multiplier=3)
 
 
 _BASE = dict(name="x", operators=("skip_connect",), layers=3, init_channels=4)
