@@ -1,14 +1,35 @@
-"""Benchmark of one search step per estimator and product mode.
+"""Benchmark of one search step per estimator, product mode and batch size.
 
     python launchers/bench.py                      # small DARTS-like model
     python launchers/bench.py --preset=s1          # S1 supernet: 8 cells,
                                                    # C=16, 32x32, batch 32
+    python launchers/bench.py --preset=s1 --batch_sizes=32,64 --steps=2 \
+        --warmup=0                                 # the issue's S1 table
 
-Each (estimator, product mode) runs in its own subprocess so that its peak
-memory (max RSS) is its own. Reported: the first step (trace + graph
-compile), then the median seconds per step over --steps timed steps after
---warmup steps, images per second (training + validation images), the
-ratio to first_order, and peak RSS. Prints a Markdown table.
+Each (batch size, estimator, product mode) runs in its own subprocess, one
+after the other, so that its peak memory (max RSS) is its own. The step is
+the search's: `engine.BilevelSearch.train_step` in a `tf.function`, fed
+from a `tf.data` pipeline. ``--data=digits`` (default) is the search's own
+pipeline (`data.search_datasets` on the embedded digits at the preset's
+image size: gather, random crop with padding, normalisation, batching,
+prefetch), repeated; ``--data=synthetic`` feeds one fixed pair of random
+batches (no input pipeline, the old behaviour).
+
+Reported per configuration: the first step (trace + graph instantiation +
+one execution), then over ``--steps`` timed steps after ``--warmup`` steps
+the median seconds per step (input wait + step), images per second
+(training + validation images), the ratio to first_order at the same batch
+size, peak RSS, and the share of the step spent waiting for the input
+pipeline (the iterator's ``next()``, timed apart from the step; prefetching
+overlaps the rest of the pipeline with the step). Prints a Markdown table
+and one JSON line per configuration (with the trace time and the RSS after
+tracing); each configuration's phases go to stderr as they end.
+
+Memory: a configuration whose RSS passes ``--max_rss_gb`` (default 16) is
+stopped by a guard thread and reported as such, rather than left to the
+kernel's OOM killer on a shared machine; each configuration runs with
+glibc's mmap/trim thresholds at ``--malloc_threshold_kb`` (see
+`MALLOC_ENV`).
 """
 
 import json
@@ -30,29 +51,123 @@ PRESETS = {  # layers, init_channels, image_size, batch_size
 RUNS = (("first_order", "exact"), ("second_order", "exact"),
         ("second_order", "finite_difference"), ("amended", "exact"),
         ("amended", "finite_difference"))
+DATA = ("digits", "synthetic")
+NUM_CLASSES = 10  # digits (and CIFAR-10)
+RSS_EXIT = 75  # exit code of a configuration stopped by --max_rss_gb
+RSS_POLL_S = 0.2  # seconds between the guard's RSS readings
+# glibc mallopt(3): an M_MMAP_THRESHOLD set by the environment disables the
+# dynamic threshold, which otherwise rises to the largest block freed (up
+# to 32 MiB on 64-bit) and leaves freed activation-sized blocks in the
+# heap; measured on the 3-cell supernet (C=16, 32x32, batch 16), amended
+# exact: peak RSS 6.0 GB with glibc's default, 5.4 GB at 64 KiB.
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def define_flags(fv=flags.FLAGS):
     flags.DEFINE_enum("preset", "small", list(PRESETS), "Model size.",
                       flag_values=fv)
-    flags.DEFINE_integer("batch_size", 0, "Override the preset's batch.",
+    flags.DEFINE_integer("batch_size", 0, "Override the preset's batch "
+                         "(ignored when --batch_sizes is set).",
                          flag_values=fv)
+    flags.DEFINE_list("batch_sizes", [], "Batch sizes to run, e.g. 32,64 "
+                      "(default: --batch_size, else the preset's).",
+                      flag_values=fv)
     flags.DEFINE_integer("steps", 5, "Timed steps.", flag_values=fv)
     flags.DEFINE_integer("warmup", 1, "Untimed steps after the first.",
                          flag_values=fv)
     flags.DEFINE_list("runs", [f"{a}:{h}" for a, h in RUNS],
                       "estimator:hvp pairs.", flag_values=fv)
+    flags.DEFINE_enum("data", "digits", list(DATA), "Input: the search's "
+                      "tf.data pipeline on digits, or fixed random "
+                      "tensors.", flag_values=fv)
     flags.DEFINE_bool("grappler", False, "Keep TensorFlow's graph "
                       "optimiser on (off: faster first step).",
                       flag_values=fv)
+    flags.DEFINE_float("max_rss_gb", 16.0, "Stop a configuration whose "
+                       "resident memory passes this many GB (0: never), "
+                       "before the kernel's OOM killer picks a process on a "
+                       "shared machine.", flag_values=fv)
+    flags.DEFINE_integer("malloc_threshold_kb", 64, "glibc's mmap and trim "
+                         "thresholds (KiB) for each configuration's process "
+                         "(0: glibc's dynamic defaults); see MALLOC_ENV.",
+                         flag_values=fv)
     flags.DEFINE_string("single", None, "Internal: run one estimator:hvp "
                         "and print JSON.", flag_values=fv)
 
 
-def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
-            grappler):
-    """Times one configuration in this process; returns a dict."""
+def batch_sizes(fv):
+    """The batch sizes to run: --batch_sizes, else one from the flags."""
+    if fv.batch_sizes:
+        sizes = [int(b) for b in fv.batch_sizes]
+    else:
+        sizes = [fv.batch_size or PRESETS[fv.preset][3]]
+    if any(b < 1 for b in sizes):
+        raise ValueError(f"Batch sizes must be >= 1. Received: {sizes}")
+    return sizes
+
+
+def peak_rss_mb():
+    """This process's peak resident set size (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb():
+    """This process's resident set size now (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_rss_guard(limit_gb, period_s=RSS_POLL_S):
+    """Exits this process (code RSS_EXIT) once its RSS passes `limit_gb`.
+
+    A daemon thread polls /proc: a step that cannot fit is stopped by the
+    benchmark itself, not by the OOM killer, which may pick another
+    developer's process.
+    """
+    import threading
+
+    def guard():
+        while True:
+            rss = current_rss_mb()
+            if rss > limit_gb * 1024:
+                sys.stderr.write(f"RSS {rss:.0f} MB > {limit_gb} GB\n")
+                sys.stderr.flush()
+                os._exit(RSS_EXIT)
+            time.sleep(period_s)
+
+    if limit_gb > 0:
+        threading.Thread(target=guard, daemon=True).start()
+
+
+def make_batches(data, size, batch):
+    """An endless iterator of ``((x_t, y_t), (x_v, y_v))`` batches."""
     import numpy as np
+    import tensorflow as tf
+
+    if data == "synthetic":
+        rng = np.random.default_rng(0)
+
+        def batch_of():
+            return (tf.constant(rng.normal(size=(batch, size, size, 3)),
+                                tf.float32),
+                    tf.constant(rng.integers(0, NUM_CLASSES, batch),
+                                tf.int32))
+
+        pair = (batch_of(), batch_of())
+        while True:
+            yield pair
+    from tf_amended_darts import data as data_lib
+
+    pairs, _, _ = data_lib.search_datasets("digits", batch, image_size=size)
+    yield from iter(pairs.repeat())
+
+
+def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
+            grappler, data="synthetic"):
+    """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
     from tf_amended_darts import engine
@@ -61,71 +176,130 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     if not grappler:
         tf.config.optimizer.set_experimental_options(
             {"disable_meta_optimizer": True})
-    net = SearchNetwork(10, layers=layers, init_channels=channels)
+    net = SearchNetwork(NUM_CLASSES, layers=layers, init_channels=channels)
     net.build((None, size, size, 3))
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
     search.compile()
-    rng = np.random.default_rng(0)
-
-    def batch_of():
-        return (tf.constant(rng.normal(size=(batch, size, size, 3)),
-                            tf.float32),
-                tf.constant(rng.integers(0, 10, batch), tf.int32))
-
-    data = (batch_of(), batch_of())
+    batches = make_batches(data, size, batch)
     step = tf.function(search.train_step)
-    t0 = time.perf_counter()
-    step(data)
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        step(data)
-    times = []
-    for _ in range(steps):
+    rss_built = peak_rss_mb()
+
+    def timed_step():
         t0 = time.perf_counter()
-        out = step(data)
-        float(out["loss"])
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
+        pair = next(batches)
+        t1 = time.perf_counter()
+        out = step(pair)
+        float(out["loss"])  # wait for the step
+        return t1 - t0, time.perf_counter() - t1
+
+    def phase(name):
+        sys.stderr.write(f"{name}: {time.perf_counter() - t_start:.1f} s, "
+                         f"RSS {current_rss_mb():.0f} MB\n")
+        sys.stderr.flush()
+
+    t_start = time.perf_counter()
+    phase("built")
+    t0 = time.perf_counter()
+    first_pair = next(batches)
+    step.get_concrete_function(first_pair)  # trace only
+    trace = time.perf_counter() - t0
+    rss_traced = current_rss_mb()
+    phase("traced")
+    float(step(first_pair)["loss"])  # instantiate, execute
+    first = time.perf_counter() - t0
+    phase("first step")
+    for _ in range(warmup):
+        timed_step()
+    waits, totals = [], []
+    for _ in range(steps):
+        wait, run = timed_step()
+        waits.append(wait)
+        totals.append(wait + run)
+    sec = statistics.median(totals)
     return {
-        "arch_grad": arch_grad, "hvp": hvp, "first_step_s": first,
-        "sec_per_step": sec, "images_per_s": 2 * batch / sec,
-        "peak_rss_mb": resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "arch_grad": arch_grad, "hvp": hvp, "batch": batch, "data": data,
+        "first_step_s": first, "trace_s": trace, "sec_per_step": sec,
+        "images_per_s": 2 * batch / sec,
+        "input_s": statistics.median(waits),
+        "input_share": sum(waits) / sum(totals),
+        "rss_built_mb": rss_built, "rss_traced_mb": rss_traced,
+        "peak_rss_mb": peak_rss_mb(),
+        "steps": steps, "warmup": warmup,
     }
+
+
+def table(rows, fv, layers, channels, size):
+    """The Markdown report; ratios against first_order at the same batch."""
+    base = {r["batch"]: r["sec_per_step"] for r in rows
+            if r["arch_grad"] == "first_order" and "sec_per_step" in r}
+    lines = [
+        f"preset={fv.preset} (layers={layers}, C={channels}, "
+        f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
+        f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
+        f"median of {fv.steps} steps after {fv.warmup} warm-up",
+        "| batch | estimator | hvp | first step (s) | s/step | images/s | "
+        "x first_order | input share | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        head = f"| {r['batch']} | {r['arch_grad']} | {r['hvp']} |"
+        if "error" in r:
+            lines.append(f"{head} {r['error']} | | | | | |")
+            continue
+        b = base.get(r["batch"])
+        ratio = f"{r['sec_per_step'] / b:.2f}" if b else "n/a"
+        lines.append(
+            f"{head} {r['first_step_s']:.1f} | {r['sec_per_step']:.2f} | "
+            f"{r['images_per_s']:.1f} | {ratio} | "
+            f"{100 * r['input_share']:.1f}% | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def run_one(run, batch, fv):
+    """One configuration in a subprocess; its JSON row, or an error row."""
+    arch_grad, hvp = run.split(":")
+    cmd = [sys.executable, os.path.abspath(__file__), f"--single={run}",
+           f"--preset={fv.preset}", f"--batch_size={batch}",
+           f"--steps={fv.steps}", f"--warmup={fv.warmup}",
+           f"--data={fv.data}", f"--grappler={fv.grappler}",
+           f"--max_rss_gb={fv.max_rss_gb}"]
+    env = dict(os.environ)
+    if fv.malloc_threshold_kb:
+        for key in MALLOC_ENV:
+            env[key] = str(fv.malloc_threshold_kb * 1024)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        # -9: SIGKILL, in practice the kernel's OOM killer.
+        if out.returncode == RSS_EXIT:
+            why = f"stopped: RSS over {fv.max_rss_gb:g} GB"
+        elif out.returncode == -9:
+            why = "killed (SIGKILL; out of memory?)"
+        else:
+            why = f"failed (exit {out.returncode})"
+        sys.stderr.write(out.stderr[-2000:])
+        return {"arch_grad": arch_grad, "hvp": hvp, "batch": batch,
+                "error": why}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv, fv=flags.FLAGS):
     del argv
-    layers, channels, size, batch = PRESETS[fv.preset]
-    batch = fv.batch_size or batch
+    layers, channels, size, _ = PRESETS[fv.preset]
+    sizes = batch_sizes(fv)
     if fv.single:
+        start_rss_guard(fv.max_rss_gb)
         arch_grad, hvp = fv.single.split(":")
         print(json.dumps(measure(arch_grad, hvp, layers, channels, size,
-                                 batch, fv.steps, fv.warmup, fv.grappler)))
+                                 sizes[0], fv.steps, fv.warmup, fv.grappler,
+                                 fv.data)))
         return
     rows = []
-    for run in fv.runs:
-        cmd = [sys.executable, os.path.abspath(__file__), f"--single={run}",
-               f"--preset={fv.preset}", f"--batch_size={batch}",
-               f"--steps={fv.steps}", f"--warmup={fv.warmup}",
-               f"--grappler={fv.grappler}"]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"done {run}: {json.dumps(rows[-1])}", file=sys.stderr,
-              flush=True)
-    base = next((r["sec_per_step"] for r in rows
-                 if r["arch_grad"] == "first_order"), None)
-    print(f"preset={fv.preset} (layers={layers}, C={channels}, "
-          f"{size}x{size}, batch={batch}), grappler={fv.grappler}, "
-          f"median of {fv.steps} steps")
-    print("| estimator | hvp | first step (s) | s/step | images/s | "
-          "x first_order | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        ratio = r["sec_per_step"] / base if base else float("nan")
-        print(f"| {r['arch_grad']} | {r['hvp']} | {r['first_step_s']:.1f} | "
-              f"{r['sec_per_step']:.3f} | {r['images_per_s']:.1f} | "
-              f"{ratio:.2f} | {r['peak_rss_mb']:.0f} |")
+    for batch in sizes:
+        for run in fv.runs:
+            rows.append(run_one(run, batch, fv))
+            print(f"done {run} batch {batch}: {json.dumps(rows[-1])}",
+                  file=sys.stderr, flush=True)
+    print(table(rows, fv, layers, channels, size))
 
 
 if __name__ == "__main__":

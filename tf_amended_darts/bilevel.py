@@ -127,6 +127,19 @@ def amended_product_exact(loss_fn: LossFn, w, a, v, reduce_mean=_identity):
     The outer tape records the first backward pass once; both second
     derivatives are read from it. ``H . v`` is reduced across replicas before
     it feeds ``D``.
+
+    Alternatives measured on the 3-cell supernet (C = 16, 32x32, batch 16,
+    2 CPUs; peak RSS of one search step; benchmarks/s1_cpu.md), none kept:
+    recomputing the forward and backward pass for ``D`` (`hvp_exact` then
+    `mixed_exact`, the second behind a control dependency on ``H v``):
+    +11% graph nodes and 8.9 GB against 8.2 GB; a barrier that holds every
+    ``D`` seed until all of ``H v`` is done: no change (5.57 GB against
+    5.36 GB); forward-over-reverse (`tf.autodiff.ForwardAccumulator`):
+    fails, as TensorFlow has no second derivative of the max-pool gradient
+    (``MaxPoolGradWithArgmax``) that its JVPs need. The step's memory is
+    the live set of the double-backward passes (all activations and
+    first-backward tensors) plus the graph, ~20 KB per node, which batch
+    norm's hand-written derivatives (`layers.normalize_batch`) shrank.
     """
     with tf.GradientTape(persistent=True) as outer:
         outer.watch(w)

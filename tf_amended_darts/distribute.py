@@ -379,9 +379,19 @@ def apply_mean_gradients(optimizer, grads, variables):
     the one-replica update on the global batch, clipping included (see the
     module docstring). With one replica it is ``optimizer.apply``.
 
+    A `keras.optimizers.LossScaleOptimizer` (mixed_float16) gets gradients
+    of the scaled loss; its inner optimiser's clip must act on the unscaled
+    cross-replica mean, so under several replicas the mean is unscaled,
+    clipped and rescaled here. The wrapper then checks finiteness (every
+    replica sees the same gradients, so all skip or apply a step together)
+    and unscales; the inner optimiser's own per-replica clip leaves the
+    already clipped values alone.
+
     Args:
-        optimizer: a Keras optimiser built on ``variables``.
-        grads: this replica's gradients of its mean loss (``None``: zeros).
+        optimizer: a Keras optimiser built on ``variables`` (possibly a
+            `LossScaleOptimizer`).
+        grads: this replica's gradients of its mean loss (of the scaled
+            loss for a `LossScaleOptimizer`; ``None``: zeros).
         variables: the variables, in the order of ``grads``.
     """
     variables = list(variables)
@@ -391,8 +401,18 @@ def apply_mean_gradients(optimizer, grads, variables):
     ]
     replicas = num_replicas()
     if replicas > 1:
-        if _clips(optimizer):
-            grads = _clip(optimizer, cross_replica_mean(grads))
+        clipper = optimizer
+        scale = None
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            clipper = optimizer.inner_optimizer
+            scale = tf.convert_to_tensor(optimizer.dynamic_scale)
+        if _clips(clipper):
+            grads = cross_replica_mean(grads)
+            if scale is not None:
+                grads = [g / scale for g in grads]
+            grads = _clip(clipper, grads)
+            if scale is not None:
+                grads = [g * scale for g in grads]
         # The optimiser sums over the replicas.
         grads = [g / replicas for g in grads]
     optimizer.apply(grads, variables)

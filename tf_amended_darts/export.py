@@ -13,7 +13,11 @@ Signature ``serving_default``: input ``images``, float32 ``[None, S, S,
 3]`` (NHWC, normalised as the data pipeline does: ``(x - mean) / std`` per
 channel, both in the ``metadata_json`` attribute); outputs ``logits`` and
 ``probabilities`` (softmax), inference mode (batch-norm moving statistics,
-no drop-path, no auxiliary head). The loaded object also has the string
+no drop-path, no auxiliary head). A run trained under a mixed
+``--dtype_policy`` is exported under the same policy (the network's
+``config.json`` says which): its convolutions compute in float16 /
+bfloat16, but the signature still takes and returns float32 (the
+classifier computes in float32). The loaded object also has the string
 variables ``genotype_json`` (the genotype's JSON) and ``metadata_json``
 (dataset, image size, classes, mean, std, weights file).
 
@@ -137,7 +141,9 @@ def _serving_fn(net, image_size, jit_compile=False):
             message=f"Expected {INPUT_NAME} of shape [N, {image_size}, "
             f"{image_size}, 3] (NHWC)",
         )
-        logits = net(images, training=False)
+        # float32 under every --dtype_policy (the network's classifier
+        # computes in float32 under mixed precision; a no-op cast then).
+        logits = tf.cast(net(images, training=False), tf.float32)
         return {
             OUTPUT_LOGITS: logits,
             OUTPUT_PROBABILITIES: tf.nn.softmax(logits),

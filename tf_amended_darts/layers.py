@@ -45,6 +45,11 @@ try:  # Private, used only to detect an XLA (jit_compile) trace.
 except ImportError:  # pragma: no cover - layout of a future TF
     _graph_in_xla_context = None
 
+try:  # Private: records a hand-written derivative on the active tapes.
+    from tensorflow.python.eager import record as _tape_record
+except ImportError:  # pragma: no cover - layout of a future TF
+    _tape_record = None
+
 # torch.nn.BatchNorm2d defaults, used by DARTS (quark0/darts, operations.py).
 # PyTorch's momentum weights the new batch statistic; the Keras convention
 # (weight of the old moving value) is 1 - 0.1 = 0.9.
@@ -57,6 +62,9 @@ BN_MOMENTUM = 1.0 - PYTORCH_BN_MOMENTUM  # Keras convention: 0.9
 PYTORCH_CONV_INIT_SCALE = 1.0 / 3.0
 
 _NHW = (0, 1, 2)  # batch-norm reduction axes (NHWC)
+# Compute dtypes of the Keras mixed-precision policies ("mixed_float16",
+# "mixed_bfloat16"), under which `BatchNorm` keeps float32 statistics.
+LOW_PRECISION_DTYPES = ("float16", "bfloat16")
 
 
 def pytorch_conv_initializer():
@@ -332,6 +340,75 @@ class ConfigLayer(keras.layers.Layer):
         return config
 
 
+def _normalize_vjp(normed, scale, g, axes):
+    """``s (g - mean g - n mean(g n))``: the VJP of batch normalisation.
+
+    With ``c = x - mean x``, ``s = rsqrt(mean c^2 + eps)`` and ``n = c s``
+    per channel, ``dL/dx = s (g - mean g - n mean(g n))`` for ``g = dL/dn``
+    (``sum c = 0`` removes the mean's term from ``ds/dx = -s^3 c / M``).
+    Also returns the two per-channel means, which its own VJP reuses.
+    """
+    mean_g = tf.reduce_mean(g, axes)
+    mean_gn = tf.reduce_mean(g * normed, axes)
+    return (g - mean_g - normed * mean_gn) * scale, mean_g, mean_gn
+
+
+def normalize_batch(x, axes, epsilon):
+    """Training-mode normalisation ``(x - mean) * rsqrt(var + eps)``, with
+    hand-written first and second derivatives.
+
+    Returns ``(normed, mean, variance)``, values as the autodiff formula
+    computes them. Why: the bi-level step differentiates every batch norm
+    twice, and TensorFlow's generic derivatives of the mean, variance and
+    broadcasts made batch norm ~3/4 of the supernet's amended-step graph
+    (363 nodes for the amended product through one batch norm; 172 with
+    these: tests/test_graph_size.py). The derivative of the
+    normalisation (`_normalize_vjp`, linear in ``g``) and the derivative of
+    that derivative (below) are recorded on every active tape with
+    ``record_operation``, as eager ``tf.custom_gradient`` does: nothing is
+    registered globally (graph-mode ``tf.custom_gradient`` registers a new
+    gradient function per call, which keeps every traced graph alive). Both
+    are written from recorded ops of ``x``, so higher derivatives stay
+    exact too.
+
+    Second derivative: for ``Phi = <xi, G(x, g)>``, ``G`` the VJP,
+    ``dPhi/dg = G(x, xi)`` and, with ``dn_i/dx_j = s (d_ij - 1/M) -
+    s n_i n_j / M``, ``dPhi/dx = -s^2 n (mean(xi g) - mean xi mean g -
+    mean(xi n) mean(g n)) - s (mean(g n) G(x, xi) + mean(xi n) G(x, g))``.
+    Checked against autodiff of the plain formula and float64 finite
+    differences (tests/test_layers.py, tests/test_products_bn.py).
+    """
+    mean = tf.reduce_mean(x, axes)
+    centred = x - mean
+    variance = tf.reduce_mean(tf.square(centred), axes)
+    scale = tf.math.rsqrt(variance + epsilon)
+    normed = centred * scale
+    if _tape_record is None:  # pragma: no cover - plain autodiff
+        return normed, mean, variance
+    out = tf.identity(normed)  # a tensor of its own for the tape
+
+    def first(g):
+        gx, mean_g, mean_gn = _normalize_vjp(normed, scale, g, axes)
+        gx_out = tf.identity(gx)
+
+        def second(xi):
+            g_xi, mean_xi, mean_xin = _normalize_vjp(normed, scale, xi, axes)
+            mean_xig = tf.reduce_mean(xi * g, axes)
+            coef = scale * scale * (
+                mean_xig - mean_xi * mean_g - mean_xin * mean_gn
+            )
+            dx = -(normed * coef) - scale * (mean_gn * g_xi + mean_xin * gx)
+            return [dx, g_xi]
+
+        _tape_record.record_operation(
+            "BatchNormVJP", [gx_out], [x, g], second
+        )
+        return [gx_out]
+
+    _tape_record.record_operation("BatchNormTraining", [out], [x], first)
+    return out, mean, variance
+
+
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
 class BatchNorm(ConfigLayer):
     """Batch normalisation over N, H, W per channel, with PyTorch semantics.
@@ -357,6 +434,9 @@ class BatchNorm(ConfigLayer):
     and second derivatives are those of one replica on the global batch.
     The moving statistics take the mean of the replicas' updates
     (`aggregation="mean"`). Inference mode uses the moving statistics.
+    Under a mixed-precision policy (``mixed_float16``, ``mixed_bfloat16``)
+    the statistics and the normalisation are computed in float32 (the
+    variable dtype) and only the output is in the compute dtype.
 
     Reference: Ioffe & Szegedy, 2015; `torch.nn.BatchNorm2d`. DARTS
     (quark0/darts) uses `affine=False` during search, `True` in re-training.
@@ -429,12 +509,30 @@ class BatchNorm(ConfigLayer):
             setattr(self, name, variable)
 
     def call(self, inputs, training=None):
-        dtype = self.compute_dtype
+        output_dtype = self.compute_dtype
+        # Mixed precision (compute dtype narrower than the variables'): the
+        # statistics and the normalisation run in the variable dtype
+        # (float32), as Keras' BatchNormalization does, and only the output
+        # is cast back. In float16 the sum of squares overflows above
+        # 65504 and its mean loses all but 11 bits.
+        dtype = (
+            self.dtype_policy.variable_dtype
+            if output_dtype in LOW_PRECISION_DTYPES
+            else output_dtype
+        )
         x = tf.cast(inputs, dtype)
         axes = graph_constant(_NHW, tf.int32)
         if training:
             replica = _sync_replica_context(self.synchronized)
             count = None
+            if replica is None and not self.affine:
+                # The search's batch norms: hand-written derivatives.
+                normed, mean, variance = normalize_batch(
+                    x, axes, graph_constant(self.epsilon, dtype)
+                )
+                if not statistics_frozen():
+                    self._update_moving_statistics(x, mean, variance)
+                return tf.cast(normed, output_dtype)
             if replica is None:
                 mean = tf.reduce_mean(x, axes)
                 centred = x - mean
@@ -449,9 +547,10 @@ class BatchNorm(ConfigLayer):
             variance = tf.cast(self.moving_variance, dtype)
         scale = tf.math.rsqrt(variance + graph_constant(self.epsilon, dtype))
         if not self.affine:
-            return centred * scale
+            return tf.cast(centred * scale, output_dtype)
         scale = scale * tf.cast(self.gamma, dtype)
-        return centred * scale + tf.cast(self.beta, dtype)
+        outputs = centred * scale + tf.cast(self.beta, dtype)
+        return tf.cast(outputs, output_dtype)
 
     def _global_moments(self, x, axes, replica):
         """Mean, biased variance and count (per channel) of the global batch.

@@ -20,6 +20,12 @@ Structure, layer by layer, as the DARTS reference (quark0/darts,
 
 Parameter counts of the published genotypes equal the reference's to the
 parameter (``count_params``; tests/test_network.py). Layout is NHWC.
+
+Mixed precision: pass ``dtype="mixed_float16"`` or ``"mixed_bfloat16"``
+(a Keras dtype policy) to a network; every layer gets it, variables stay
+float32, batch norm computes its statistics in float32
+(`layers.BatchNorm`), and the classifiers compute in float32
+(`output_dtype_policy`), so the logits are float32 under every policy.
 """
 
 import math
@@ -122,6 +128,28 @@ def as_genotype(genotype):
         "Expected `genotype` to be a Genotype, its JSON dict, a published "
         f"name or a JSON path. Received: genotype={genotype!r}"
     )
+
+
+def output_dtype_policy(policy):
+    """The dtype policy of a network's classifiers: float32 logits.
+
+    Under a mixed-precision policy (compute dtype narrower than the
+    variables', e.g. ``mixed_float16``) the final linear layers compute in
+    the variable dtype (float32), so the logits, the softmax and the loss
+    are float32 (the Keras mixed-precision guide's advice; a float16
+    softmax over-/underflows). Other policies are returned unchanged, so a
+    float32 or float64 network is untouched.
+
+    Args:
+        policy: a `keras.DTypePolicy` or its name.
+
+    Returns:
+        A `keras.DTypePolicy`.
+    """
+    policy = keras.dtype_policies.get(policy)
+    if policy.compute_dtype != policy.variable_dtype:
+        return keras.dtype_policies.DTypePolicy(policy.variable_dtype)
+    return policy
 
 
 def drop_path(x, drop_prob, seed=None):
@@ -400,7 +428,9 @@ class _AuxiliaryHead(L.ConfigLayer):
             if self._second_bn
             else None
         )
-        self.classifier = Linear(num_classes, name="classifier", dtype=dtype)
+        self.classifier = Linear(
+            num_classes, name="classifier", dtype=output_dtype_policy(dtype)
+        )
 
     def _features(self):
         layers = [self.pool, self.conv_1, self.bn_1, self.conv_2]
@@ -542,7 +572,9 @@ class _Network(keras.Model):
             if auxiliary
             else None
         )
-        self.classifier = Linear(num_classes, name="classifier", dtype=dtype)
+        self.classifier = Linear(
+            num_classes, name="classifier", dtype=output_dtype_policy(dtype)
+        )
 
     # Subclasses: the stem layers and how they run.
     def _build_stem(self, channels):

@@ -54,6 +54,24 @@ otherwise get no example), so an epoch has ``floor(n / batch)`` steps.
 ``multi_worker`` trains with `distribute.custom_fit` and evaluates with
 `distribute.custom_evaluate` (Keras' ``fit`` fails under it); only the
 chief writes the run directory.
+
+Mixed precision (``--dtype_policy``): the policy is passed to the network
+(``dtype=``; no process-global Keras setting), so its layers compute in
+float16 / bfloat16 while every variable stays float32; batch norm keeps
+float32 statistics and the classifiers float32 logits (see `network`), and
+the losses are computed in float32. ``mixed_float16`` wraps `TorchSGD` in
+a `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling: the loss is
+multiplied by the scale before the backward pass; a step with non-finite
+gradients is skipped and halves the scale). The wrapper divides the
+gradients by the scale before `TorchSGD` clips them by global norm and
+adds the coupled decay, so the clip acts on the true gradients, as
+PyTorch's ``GradScaler.unscale_`` then ``clip_grad_norm_`` (with several
+replicas `distribute.apply_mean_gradients` clips the unscaled
+cross-replica mean). The
+scale and its step counter are optimiser variables: checkpoints hold them
+and a resumed run goes on with them. ``mixed_bfloat16`` needs no scaling
+(float32's exponent range). Parameter counts and the genotype do not
+depend on the policy.
 """
 
 import csv
@@ -72,6 +90,15 @@ from keras import ops
 from tf_amended_darts import data, distribute, network, retrain_config
 from tf_amended_darts import genotype as G
 from tf_amended_darts.optimizers import EpochCosineDecay, TorchSGD
+
+# keras.optimizers.LossScaleOptimizer defaults (Keras 3.15, the values of
+# TF2's tf.keras.mixed_precision.LossScaleOptimizer): initial loss scale
+# 2^15, doubled after 2000 steps with finite gradients.
+INITIAL_LOSS_SCALE = 2.0**15
+LOSS_SCALE_GROWTH_STEPS = 2000
+# --dtype_policy values that need loss scaling (float16's narrow exponent
+# range: gradients below 6e-8 underflow to zero without it).
+LOSS_SCALED_POLICIES = ("mixed_float16",)
 
 CONFIG_FILE = "config.json"
 GENOTYPE_FILE = "genotype.json"
@@ -319,7 +346,11 @@ class Retrainer(keras.Model):
         with tf.GradientTape() as tape:
             outputs = self.network(x, training=True)
             loss, logits = self.compute_training_loss(y, outputs)
-        grads = tape.gradient(loss, variables)
+            # The identity unless the optimiser scales the loss
+            # (`LossScaleOptimizer`, mixed_float16), which unscales the
+            # gradients itself.
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
         # Per-replica mean losses: the cross-replica mean gradient.
         distribute.apply_mean_gradients(self.optimizer, grads, variables)
         return self._update(y, loss, logits)
@@ -348,6 +379,13 @@ class Retrainer(keras.Model):
             config["network"]
         )
         return cls(**config)
+
+
+def base_optimizer(optimizer):
+    """The optimiser that updates the weights (inside a loss scaler)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    return optimizer
 
 
 # --------------------------------------------------------------------------
@@ -383,6 +421,7 @@ def build_network(config, genotype=None):
         auxiliary=config.auxiliary,
         drop_path_prob=0.0,
         seed=config.seed,
+        dtype=config.dtype_policy,
     )
     size = info.image_size
     try:
@@ -420,14 +459,20 @@ def build_retrainer(config, net, steps_per_epoch):
         auxiliary_weight=config.auxiliary_weight if config.auxiliary else 0.0,
         label_smoothing=config.label_smoothing,
     )
-    model.compile(
-        TorchSGD(
-            schedule,
-            config.momentum,
-            config.weight_decay,
-            global_clipnorm=config.grad_clip or None,
-        )
+    optimizer = TorchSGD(
+        schedule,
+        config.momentum,
+        config.weight_decay,
+        global_clipnorm=config.grad_clip or None,
     )
+    if config.dtype_policy in LOSS_SCALED_POLICIES:
+        # Unscales before the inner optimiser clips (see module docstring).
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            optimizer,
+            initial_scale=INITIAL_LOSS_SCALE,
+            dynamic_growth_steps=LOSS_SCALE_GROWTH_STEPS,
+        )
+    model.compile(optimizer)
     return model
 
 
@@ -669,7 +714,7 @@ def run_one(config, strategy=None):
     drop_path = network.DropPathSchedule(config.drop_path_prob, config.epochs)
     for epoch in range(start, config.epochs):
         began = time.time()
-        lr = float(model.optimizer.current_learning_rate())
+        lr = float(base_optimizer(model.optimizer).current_learning_rate())
         logs = _fit_one_epoch(
             model, config, epoch, steps, test, [drop_path], drop
         )

@@ -35,6 +35,10 @@ IMAGENET_WEIGHT_DECAY = 3e-5  # [darts] train_imagenet.py; [amended]
 LABEL_SMOOTHING = 0.1  # [darts] train_imagenet.py --label_smooth
 
 LR_SCHEDULES = ("cosine", "linear")
+# Keras 3 dtype policies accepted by --dtype_policy (keras.DTypePolicy
+# names). Variables stay float32 under all three; "mixed_float16" trains
+# with dynamic loss scaling (keras.optimizers.LossScaleOptimizer).
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 GENOTYPE_FILE_HINT = "a genotype JSON file or one of "
 
 
@@ -163,6 +167,15 @@ def define_flags(fv=flags.FLAGS):
         "GPUs).",
         **d,
     )
+    flags.DEFINE_string(
+        "dtype_policy",
+        "float32",
+        f"Keras dtype policy of the network: one of "
+        f"{', '.join(DTYPE_POLICIES)} (mixed: float16/bfloat16 compute, "
+        "float32 variables, batch-norm statistics and logits; "
+        "mixed_float16 adds dynamic loss scaling).",
+        **d,
+    )
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs.", **d)
     flags.DEFINE_integer(
         "verbose",
@@ -205,6 +218,7 @@ class RetrainConfig:
     seeds: tuple = ()
     deterministic: bool = False
     grappler: bool = False
+    dtype_policy: str = "float32"
     tensorboard: bool = True
     verbose: int = 2
     keep_checkpoints: int = 2
@@ -280,6 +294,8 @@ def validate(c):
         _fail("dataset", ", ".join(data.DATASETS), c.dataset)
     if c.lr_schedule not in LR_SCHEDULES:
         _fail("lr_schedule", ", ".join(LR_SCHEDULES), c.lr_schedule)
+    if c.dtype_policy not in DTYPE_POLICIES:
+        _fail("dtype_policy", ", ".join(DTYPE_POLICIES), c.dtype_policy)
     for name in ("epochs", "batch_size", "layers", "init_channels"):
         if getattr(c, name) < 1:
             _fail(name, "an integer >= 1", getattr(c, name))

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import callbacks, data, distribute, engine
+from tf_amended_darts import callbacks, data, distribute, engine, precision
 from tf_amended_darts import genotype as G
 from tf_amended_darts.network import DropPathSchedule
 from tf_amended_darts.optimizers import EpochCosineDecay, TorchAdam, TorchSGD
@@ -80,17 +80,10 @@ def _data(config, epoch):
     )
 
 
-def build_search(
-    config,
-    num_classes,
-    steps_per_epoch,
-    image_size,
-    edges=None,
-    stage=1,
-    node_inputs=None,
+def _search_network(
+    config, space, num_classes, image_size, edges, stage, node_inputs
 ):
-    """The `BilevelSearch` model of one stage, compiled."""
-    space = config.search_space()
+    """The built `SearchNetwork` of one stage."""
     network = SearchNetwork(
         num_classes,
         operators=space.operators,
@@ -106,6 +99,7 @@ def build_search(
         seed=config.seed,
         auxiliary=config.auxiliary,
         drop_path_prob=config.drop_path_prob,
+        dtype=config.dtype_policy,
     )
     try:
         network.build((None, image_size, image_size, 3))
@@ -120,6 +114,31 @@ def build_search(
             "images; use --image_size=32 or --noauxiliary. "
             f"({type(err).__name__}: {err})"
         ) from None
+    return network
+
+
+def build_search(
+    config,
+    num_classes,
+    steps_per_epoch,
+    image_size,
+    edges=None,
+    stage=1,
+    node_inputs=None,
+):
+    """The `BilevelSearch` model of one stage, compiled."""
+    # Cells create their layers without `dtype`: they take the global
+    # policy, set while the network is made (--dtype_policy).
+    with precision.dtype_policy(config.dtype_policy):
+        network = _search_network(
+            config,
+            config.search_space(),
+            num_classes,
+            image_size,
+            edges,
+            stage,
+            node_inputs,
+        )
     search = engine.BilevelSearch(
         network,
         arch_grad=config.arch_grad,

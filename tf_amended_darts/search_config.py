@@ -21,7 +21,7 @@ import json
 
 from absl import flags
 
-from tf_amended_darts import bilevel, data, distribute, hparams
+from tf_amended_darts import bilevel, data, distribute, hparams, precision
 from tf_amended_darts import network as N
 from tf_amended_darts import retrain_config as R
 from tf_amended_darts import search_space as S
@@ -37,6 +37,11 @@ CONSISTENCY = {
     "auxiliary": True,
     "auxiliary_weight": R.AUXILIARY_WEIGHT,
 }
+# Search precision (precision.search_policy_check has the measurements):
+# second-order products stay float32; mixed_float16 would need loss scaling
+# in both steps of the bi-level engine, which it does not have.
+SEARCH_DTYPE_POLICIES = ("float32", "mixed_bfloat16")
+
 WITHOUT_CONSISTENCY = {
     "layers": 0,
     "init_channels": 0,
@@ -199,6 +204,13 @@ def define_flags(fv=flags.FLAGS):
         "all visible; CPU devices without GPUs).",
         **d,
     )
+    flags.DEFINE_string(
+        "dtype_policy",
+        "float32",
+        f"One of {', '.join(SEARCH_DTYPE_POLICIES)}; mixed_bfloat16 with "
+        "--arch_grad=first_order only (README, Mixed precision).",
+        **d,
+    )
     flags.DEFINE_bool(
         "grappler",
         False,
@@ -252,6 +264,7 @@ class SearchConfig:
     verbose: int = 1
     keep_checkpoints: int = 2
     grappler: bool = False
+    dtype_policy: str = "float32"
     strategy: str = "default"
     num_gpus: int = 0
 
@@ -365,6 +378,14 @@ def validate(c):
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
     distribute.validate(c.strategy, c.num_gpus)
+    if c.dtype_policy not in SEARCH_DTYPE_POLICIES:
+        _fail(
+            "dtype_policy",
+            f"{', '.join(SEARCH_DTYPE_POLICIES)} (mixed_float16 needs loss "
+            "scaling, which the bi-level engine does not do)",
+            c.dtype_policy,
+        )
+    precision.search_policy_check(c.dtype_policy, c.arch_grad, c.hvp)
 
 
 def from_flags(fv=flags.FLAGS):

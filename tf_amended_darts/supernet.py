@@ -164,11 +164,18 @@ class SearchNetwork(keras.Model):
             )
             reduction_prev = reduction
         self.auxiliary_head = (
-            N.AuxiliaryHeadCIFAR(num_classes, name="auxiliary_head")
+            N.AuxiliaryHeadCIFAR(
+                num_classes, name="auxiliary_head", dtype=self.dtype_policy
+            )
             if auxiliary
             else None
         )
-        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        # float32 logits under a mixed policy (network.output_dtype_policy).
+        self.classifier = keras.layers.Dense(
+            num_classes,
+            name="classifier",
+            dtype=N.output_dtype_policy(self.dtype_policy),
+        )
 
     # -- drop-path -------------------------------------------------------------
 
