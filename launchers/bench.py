@@ -52,6 +52,7 @@ RUNS = (("first_order", "exact"), ("second_order", "exact"),
         ("second_order", "finite_difference"), ("amended", "exact"),
         ("amended", "finite_difference"))
 DATA = ("digits", "synthetic")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 NUM_CLASSES = 10  # digits (and CIFAR-10)
 RSS_EXIT = 75  # exit code of a configuration stopped by --max_rss_gb
 RSS_POLL_S = 0.2  # seconds between the guard's RSS readings
@@ -91,6 +92,18 @@ def define_flags(fv=flags.FLAGS):
                          "thresholds (KiB) for each configuration's process "
                          "(0: glibc's dynamic defaults); see MALLOC_ENV.",
                          flag_values=fv)
+    flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA "
+                      "(tf.function(jit_compile=True)).", flag_values=fv)
+    flags.DEFINE_enum("dtype_policy", "float32", list(DTYPE_POLICIES),
+                      "Keras dtype policy of the supernet (the bench "
+                      "measures any estimator under it; the search refuses "
+                      "mixed policies with second-order products).",
+                      flag_values=fv)
+    flags.DEFINE_integer("epoch_pairs", 0, "If > 0, also report seconds "
+                         "per search epoch of this many (train, val) image "
+                         "pairs: CIFAR-10's search split is 25000 "
+                         "(steps = pairs // batch, the last partial batch "
+                         "dropped as the search does).", flag_values=fv)
     flags.DEFINE_string("single", None, "Internal: run one estimator:hvp "
                         "and print JSON.", flag_values=fv)
 
@@ -166,22 +179,25 @@ def make_batches(data, size, batch):
 
 
 def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
-            grappler, data="synthetic"):
+            grappler, data="synthetic", jit_compile=False,
+            dtype_policy="float32"):
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
-    from tf_amended_darts import engine
+    from tf_amended_darts import engine, precision
     from tf_amended_darts.supernet import SearchNetwork
 
     if not grappler:
         tf.config.optimizer.set_experimental_options(
             {"disable_meta_optimizer": True})
-    net = SearchNetwork(NUM_CLASSES, layers=layers, init_channels=channels)
-    net.build((None, size, size, 3))
+    with precision.dtype_policy(dtype_policy):
+        net = SearchNetwork(NUM_CLASSES, layers=layers,
+                            init_channels=channels, dtype=dtype_policy)
+        net.build((None, size, size, 3))
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
     search.compile()
     batches = make_batches(data, size, batch)
-    step = tf.function(search.train_step)
+    step = tf.function(search.train_step, jit_compile=jit_compile)
     rss_built = peak_rss_mb()
 
     def timed_step():
@@ -224,7 +240,9 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "input_share": sum(waits) / sum(totals),
         "rss_built_mb": rss_built, "rss_traced_mb": rss_traced,
         "peak_rss_mb": peak_rss_mb(),
-        "steps": steps, "warmup": warmup,
+        "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
+        "dtype_policy": dtype_policy,
+        "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
     }
 
 
@@ -236,23 +254,35 @@ def table(rows, fv, layers, channels, size):
         f"preset={fv.preset} (layers={layers}, C={channels}, "
         f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
         f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
+        f"jit_compile={fv.jit_compile}, dtype_policy={fv.dtype_policy}, "
+        f"device={rows[0].get('device', '?') if rows else '?'}, "
         f"median of {fv.steps} steps after {fv.warmup} warm-up",
         "| batch | estimator | hvp | first step (s) | s/step | images/s | "
-        "x first_order | input share | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "x first_order | input share | peak RSS (MB) |"
+        + (f" s/epoch ({fv.epoch_pairs} pairs) |" if fv.epoch_pairs else ""),
+        "|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if fv.epoch_pairs else ""),
     ]
     for r in rows:
         head = f"| {r['batch']} | {r['arch_grad']} | {r['hvp']} |"
         if "error" in r:
-            lines.append(f"{head} {r['error']} | | | | | |")
+            empty = " |" * (6 if fv.epoch_pairs else 5)
+            lines.append(f"{head} {r['error']} |{empty}")
             continue
         b = base.get(r["batch"])
         ratio = f"{r['sec_per_step'] / b:.2f}" if b else "n/a"
         lines.append(
             f"{head} {r['first_step_s']:.1f} | {r['sec_per_step']:.2f} | "
             f"{r['images_per_s']:.1f} | {ratio} | "
-            f"{100 * r['input_share']:.1f}% | {r['peak_rss_mb']:.0f} |")
+            f"{100 * r['input_share']:.1f}% | {r['peak_rss_mb']:.0f} |"
+            + (f" {epoch_seconds(r, fv.epoch_pairs):.0f} |"
+               if fv.epoch_pairs else ""))
     return "\n".join(lines)
+
+
+def epoch_seconds(row, pairs):
+    """Seconds per search epoch of `pairs` image pairs at the row's pace."""
+    return row["sec_per_step"] * (pairs // row["batch"])
 
 
 def run_one(run, batch, fv):
@@ -262,7 +292,9 @@ def run_one(run, batch, fv):
            f"--preset={fv.preset}", f"--batch_size={batch}",
            f"--steps={fv.steps}", f"--warmup={fv.warmup}",
            f"--data={fv.data}", f"--grappler={fv.grappler}",
-           f"--max_rss_gb={fv.max_rss_gb}"]
+           f"--max_rss_gb={fv.max_rss_gb}",
+           f"--jit_compile={fv.jit_compile}",
+           f"--dtype_policy={fv.dtype_policy}"]
     env = dict(os.environ)
     if fv.malloc_threshold_kb:
         for key in MALLOC_ENV:
@@ -291,7 +323,7 @@ def main(argv, fv=flags.FLAGS):
         arch_grad, hvp = fv.single.split(":")
         print(json.dumps(measure(arch_grad, hvp, layers, channels, size,
                                  sizes[0], fv.steps, fv.warmup, fv.grappler,
-                                 fv.data)))
+                                 fv.data, fv.jit_compile, fv.dtype_policy)))
         return
     rows = []
     for batch in sizes:

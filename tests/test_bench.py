@@ -84,6 +84,18 @@ def test_table_ratios_are_per_batch():
     assert "killed" in lines[7]
 
 
+def test_epoch_seconds_column_drops_the_last_partial_batch():
+    fv = _flag_values(["--preset=s1", "--batch_sizes=96",
+                       "--epoch_pairs=25000", "--jit_compile=True"])
+    rows = [_row("first_order", "exact", 96, 2.0)]
+    assert bench.epoch_seconds(rows[0], 25000) == 2.0 * 260
+    lines = bench.table(rows, fv, 8, 16, 32).splitlines()
+    assert "jit_compile=True" in lines[0]
+    assert lines[1].endswith("s/epoch (25000 pairs) |")
+    assert lines[3].endswith("| 520 |")
+    assert lines[2].count("|") == lines[3].count("|")
+
+
 def test_rss_guard_stops_the_process():
     # Any Python process is over 1 MB resident: the guard must exit it with
     # RSS_EXIT well before the sleep ends.

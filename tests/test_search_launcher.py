@@ -150,3 +150,13 @@ def test_divergence_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
         _run(base + ["--epochs=2", "--weight_lr=1e30", "--grad_clip=0"])
     assert ckpt.read_bytes() == before
     assert not (d / "checkpoints" / "ckpt-0002.weights.h5").exists()
+
+
+def test_glibc_returns_freed_memory():
+    import platform
+
+    from tf_amended_darts import search
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert search.return_freed_memory()

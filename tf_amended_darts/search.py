@@ -38,6 +38,7 @@ one function, and the weights are trained on the sub-network whose
 architecture gradient was just taken.
 """
 
+import ctypes
 import json
 import os
 import shutil
@@ -53,6 +54,13 @@ from tf_amended_darts.optimizers import EpochCosineDecay, TorchAdam, TorchSGD
 from tf_amended_darts.supernet import SearchNetwork
 
 PAIRS_FILE = "stage1_pairs.json"
+# glibc mallopt(3) parameters (malloc.h) and the value set for both: with
+# glibc's dynamic mmap threshold, freed activation-sized blocks stay in the
+# heap; at 64 KiB the 3-cell amended exact step peaked at 5.4 GB instead of
+# 6.0 GB (benchmarks/s1_cpu.md, section 2).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MALLOC_THRESHOLD_BYTES = 64 * 1024
 
 
 class SearchResult(NamedTuple):
@@ -278,6 +286,7 @@ def set_up(config):
     """
     strategy = distribute.make_strategy(config.strategy, config.num_gpus)
     distribute.per_replica_batch_size(config.batch_size, strategy)
+    return_freed_memory()
     keras.utils.set_random_seed(config.seed)
     if not config.grappler:
         tf.config.optimizer.set_experimental_options(
@@ -286,6 +295,27 @@ def set_up(config):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     return strategy
+
+
+def return_freed_memory():
+    """Makes glibc return freed large blocks to the system (Linux only).
+
+    Sets the mmap and trim thresholds to `MALLOC_THRESHOLD_BYTES`, as the
+    environment variables ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` would at start-up. A no-op elsewhere.
+
+    Returns:
+        True when glibc accepted both settings.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(
+        mallopt(parameter, MALLOC_THRESHOLD_BYTES) == 1
+        for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
+    )
 
 
 def run_search(config, strategy):

@@ -214,10 +214,10 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_bool(
         "grappler",
         False,
-        "Keep TensorFlow's graph optimiser "
-        "on. Off by default: it doubles the first step's "
-        "compile time and did not speed up steps (README, "
-        "Benchmarks).",
+        "Keep TensorFlow's graph optimiser on: minutes more for the "
+        "first step, half the time of later ones on the S1 supernet "
+        "(README, Benchmarks; the paper flagfiles turn it on). Off by "
+        "default, for short runs such as the quick start.",
         **d,
     )
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU benchmark of the issue, as one prepared script: the S1 supernet
+# (8 cells, C = 16, 32x32) at batch 96 per estimator, with and without XLA
+# and mixed precision, reporting seconds per step and per CIFAR-10 search
+# epoch (25,000 image pairs: 260 steps of 96).
+#
+#   bash benchmarks/gpu_s1.sh [OUT_DIR] [DEADLINE_S]
+#
+# Configurations run one per process (launchers/bench.py), in the order of
+# CONFIGS, most important first; one is skipped once less than its
+# expected time is left before DEADLINE_S (default 540 s, to fit a short
+# device lease). Each configuration's table goes to OUT_DIR (default
+# ${OUT:-benchmarks/raw/gpu}) as it finishes, with nvidia-smi's view.
+set -u
+out_dir="${1:-${OUT:-benchmarks/raw/gpu}}"
+deadline_s="${2:-540}"
+mkdir -p "$out_dir"
+start=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+  > "$out_dir/gpu.txt" 2>&1 || echo "no nvidia-smi" > "$out_dir/gpu.txt"
+python -c "import tensorflow as tf; print(tf.__version__, \
+  tf.config.list_physical_devices('GPU'))" >> "$out_dir/gpu.txt" 2>&1
+
+# name | runs | extra flags | expected seconds (trace + first step + steps)
+CONFIGS=(
+  "fp32|first_order:exact,amended:exact,amended:finite_difference||240"
+  "bf16|first_order:exact,amended:exact|--dtype_policy=mixed_bfloat16|180"
+  "fp32_xla|first_order:exact|--jit_compile=True|120"
+  "bf16_xla|first_order:exact|--dtype_policy=mixed_bfloat16 --jit_compile=True|120"
+  "fp32_second_order|second_order:exact,second_order:finite_difference||180"
+  # XLA compiling the amended double-backward graph took over 12 minutes
+  # and 11 GB on the 2-core CPU even for the 3-cell preset: last.
+  "fp32_xla_amended|amended:exact|--jit_compile=True|300"
+)
+for config in "${CONFIGS[@]}"; do
+  IFS='|' read -r name runs extra expected <<< "$config"
+  left=$(( deadline_s - ($(date +%s) - start) ))
+  if (( left < expected )); then
+    echo "skipped $name: ${left}s left, needs ~${expected}s" \
+      | tee -a "$out_dir/skipped.txt"
+    continue
+  fi
+  # shellcheck disable=SC2086
+  timeout "$left" python launchers/bench.py --preset=s1 --batch_sizes=96 \
+    --runs="$runs" --steps=3 --warmup=1 --data=synthetic \
+    --epoch_pairs=25000 --grappler=True --max_rss_gb=0 $extra \
+    > "$out_dir/$name.md" 2> "$out_dir/$name.err"
+  echo "$name: exit $? after $(( $(date +%s) - start ))s" \
+    | tee -a "$out_dir/progress.txt"
+done
+cat "$out_dir"/*.md
