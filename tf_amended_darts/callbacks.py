@@ -259,7 +259,7 @@ def _format(value) -> str:
     return str(value)
 
 
-def _write_session_start(writer, step: int) -> None:
+def write_session_start(writer, step: int) -> None:
     """Marks a (re)start at ``step`` in the event file.
 
     TensorBoard discards the events of earlier runs with steps ``>= step``
@@ -545,7 +545,7 @@ class SearchArtifacts(keras.callbacks.Callback):
         if self._writer is None:
             os.makedirs(self.tensorboard_dir, exist_ok=True)
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
-            _write_session_start(self._writer, step)
+            write_session_start(self._writer, step)
         return self._writer
 
     def _row_labels(self, key: str, rows: int) -> list[str]:

@@ -556,7 +556,7 @@ class _EpochLog:
             os.makedirs(directory, exist_ok=True)
             self.writer = tf.summary.create_file_writer(directory)
             # Purges plotted epochs > start of an interrupted run.
-            callbacks._write_session_start(self.writer, start + 1)
+            callbacks.write_session_start(self.writer, start + 1)
 
     def _save(self):
         if self.read_only:
