@@ -138,7 +138,7 @@ def test_amended_with_zero_eta_is_first_order_exactly(quad, hvp):
         "first_order", quad.train_loss, quad.val_loss, w, a))
     amended = _run(lambda: bilevel.estimate(
         "amended", quad.train_loss, quad.val_loss, w, a, eta=0.0, hvp=hvp))
-    for x, y in zip(first.arch_grads, amended.arch_grads):
+    for x, y in zip(first.arch_grads, amended.arch_grads, strict=True):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 

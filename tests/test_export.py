@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from tensorflow.python.framework import config as tf_config
 
 from tf_amended_darts import export, retrain, retrain_config
 from tf_amended_darts import genotype as G
@@ -31,15 +30,7 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_global_tf_state():
-    determinism = tf_config.is_op_determinism_enabled()
-    yield
-    if not determinism:
-        tf_config.disable_op_determinism()
-    tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": False}
-    )
+pytestmark = pytest.mark.usefixtures("restore_global_tf_state")
 
 
 @pytest.fixture(scope="module")

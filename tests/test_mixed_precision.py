@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from tensorflow.python.framework import config as tf_config
 
 from tf_amended_darts import (
     distribute,
@@ -50,16 +49,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_global_tf_state():
-    """The launcher turns on op determinism and off Grappler, globally."""
-    determinism = tf_config.is_op_determinism_enabled()
-    yield
-    if not determinism:
-        tf_config.disable_op_determinism()
-    tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": False}
-    )
+pytestmark = pytest.mark.usefixtures("restore_global_tf_state")
 
 
 def _flag_values(args):
