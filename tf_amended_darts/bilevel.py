@@ -54,7 +54,8 @@ ReduceFn = Callable[[list], list]
 
 def dot(xs, ys):
     """Inner product of two lists of tensors."""
-    return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(xs, ys)])
+    pairs = zip(xs, ys, strict=True)
+    return tf.add_n([tf.reduce_sum(x * y) for x, y in pairs])
 
 
 def global_norm(xs):
@@ -64,7 +65,7 @@ def global_norm(xs):
 
 def axpy(alpha, xs, ys):
     """``alpha * xs + ys`` elementwise over two lists."""
-    return [alpha * x + y for x, y in zip(xs, ys)]
+    return [alpha * x + y for x, y in zip(xs, ys, strict=True)]
 
 
 def scale(alpha, xs):
@@ -79,7 +80,10 @@ def as_dtype(value, dtype):
 
 
 def _zeros_for_none(grads, like):
-    return [tf.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
+    return [
+        tf.zeros_like(x) if g is None else g
+        for g, x in zip(grads, like, strict=True)
+    ]
 
 
 def _identity(values):
@@ -168,7 +172,8 @@ def hvp_finite_difference(loss_fn: LossFn, w, a, v):
     eps = tf.cast(_fd_epsilon(v), w[0].dtype)
     _, gw_plus, _ = loss_and_grads(loss_fn, axpy(eps, v, w), a)
     _, gw_minus, _ = loss_and_grads(loss_fn, axpy(-eps, v, w), a)
-    return [(p - m) / (2 * eps) for p, m in zip(gw_plus, gw_minus)]
+    pairs = zip(gw_plus, gw_minus, strict=True)
+    return [(p - m) / (2 * eps) for p, m in pairs]
 
 
 def mixed_finite_difference(loss_fn: LossFn, w, a, u):
@@ -176,7 +181,8 @@ def mixed_finite_difference(loss_fn: LossFn, w, a, u):
     eps = tf.cast(_fd_epsilon(u), w[0].dtype)
     _, _, ga_plus = loss_and_grads(loss_fn, axpy(eps, u, w), a)
     _, _, ga_minus = loss_and_grads(loss_fn, axpy(-eps, u, w), a)
-    return [(p - m) / (2 * eps) for p, m in zip(ga_plus, ga_minus)]
+    pairs = zip(ga_plus, ga_minus, strict=True)
+    return [(p - m) / (2 * eps) for p, m in pairs]
 
 
 # --- estimators -------------------------------------------------------------
@@ -201,7 +207,7 @@ class VirtualStep:
     def apply(self, w, grad_w):
         """``w'`` from the weights and ``grad_w L_train(w, a)``."""
         out = []
-        for i, (x, g) in enumerate(zip(w, grad_w)):
+        for i, (x, g) in enumerate(zip(w, grad_w, strict=True)):
             direction = g + as_dtype(self.weight_decay, x.dtype) * x
             if self.momentum_buffers is not None and self.momentum:
                 buf = tf.convert_to_tensor(self.momentum_buffers[i])
@@ -297,7 +303,8 @@ def estimate(
         hv = reduce_mean(hvp_finite_difference(train_loss, w, a, v))
         dhv = mixed_finite_difference(train_loss, w, a, hv)
     g2 = scale(-as_dtype(eta, a[0].dtype), dhv)
-    return EstimatorResult([x + y for x, y in zip(g1, g2)], g1, g2, loss)
+    total = [x + y for x, y in zip(g1, g2, strict=True)]
+    return EstimatorResult(total, g1, g2, loss)
 
 
 def _second_order(train_loss, val_loss, w, a, hvp, step, reduce_mean):
@@ -322,4 +329,5 @@ def _second_order(train_loss, val_loss, w, a, hvp, step, reduce_mean):
         v = reduce_mean(v)
         dv = mixed_finite_difference(train_loss, w, a, v)
     g2 = scale(-xi, dv)
-    return EstimatorResult([x + y for x, y in zip(g1, g2)], g1, g2, loss)
+    total = [x + y for x, y in zip(g1, g2, strict=True)]
+    return EstimatorResult(total, g1, g2, loss)
