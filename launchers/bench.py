@@ -185,15 +185,12 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     import tensorflow as tf
 
     from tf_amended_darts import engine, precision
-    from tf_amended_darts.supernet import SearchNetwork
 
     if not grappler:
         tf.config.optimizer.set_experimental_options(
             {"disable_meta_optimizer": True})
-    with precision.dtype_policy(dtype_policy):
-        net = SearchNetwork(NUM_CLASSES, layers=layers,
-                            init_channels=channels, dtype=dtype_policy)
-        net.build((None, size, size, 3))
+    net = precision.search_network(dtype_policy, NUM_CLASSES, size,
+                                   layers=layers, init_channels=channels)
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
     search.compile()
     batches = make_batches(data, size, batch)

@@ -90,16 +90,26 @@ def _float32_logits_loss(y_true, outputs):
     return engine.sparse_cross_entropy(y_true, tf.cast(outputs, "float32"))
 
 
-def _network(policy, image_size, **shape):
+def search_network(policy, num_classes, image_size, **kwargs):
+    """A built `SearchNetwork` whose layers all compute under ``policy``.
+
+    Args:
+        policy: a Keras dtype policy name (e.g. ``mixed_bfloat16``).
+        num_classes: classifier outputs.
+        image_size: input height and width (RGB inputs).
+        **kwargs: passed to `SearchNetwork`.
+    """
     with dtype_policy(policy):
-        net = SearchNetwork(
-            10,
-            arch_init_scale=hparams.ARCH_INIT_SCALE,
-            dtype=policy,
-            **shape,
-        )
+        net = SearchNetwork(num_classes, dtype=policy, **kwargs)
         net.build((None, image_size, image_size, 3))
     return net
+
+
+def _network(policy, image_size, **shape):
+    return search_network(
+        policy, 10, image_size, arch_init_scale=hparams.ARCH_INIT_SCALE,
+        **shape,
+    )
 
 
 def _batches(batch_size, image_size, seed):
