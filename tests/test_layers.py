@@ -207,6 +207,9 @@ SINGLE_LAYERS = {
     "depthwise_bias": lambda: L.DepthwiseConv2D(
         3, 1, 1, use_bias=True, dtype=F64
     ),
+    # Undilated padding paths: 'SAME' (stride 1, 2 p = k - 1), tf.pad.
+    "depthwise_k5_s1": lambda: L.DepthwiseConv2D(5, 1, 2, dtype=F64),
+    "depthwise_k3_s1_p2": lambda: L.DepthwiseConv2D(3, 1, 2, dtype=F64),
     # Dilated depthwise paths: space-to-batch (stride 1), x[::d] (stride ==
     # dilation, padding a multiple of it, above), generic (below).
     "depthwise_k3_s1_dil2": lambda: L.DepthwiseConv2D(
@@ -561,6 +564,9 @@ CONV_CASES = [  # (size, kernel_size, strides, padding, dilation)
     (7, 3, 2, 1, 2),  # stride == dilation, padding not a multiple of it
     (7, 3, 1, 1, 2),  # stride 1, dilated: space-to-batch with a cropped row
     (8, 5, 1, 4, 2),
+    (7, 3, 1, 1, 1),  # depthwise: 'SAME' padding
+    (8, 5, 1, 2, 1),  # depthwise: 'SAME' padding
+    (6, 3, 1, 2, 1),  # depthwise: tf.pad, then 'VALID'
 ]
 
 
@@ -578,6 +584,21 @@ def test_convolutions_match_pytorch_semantics(size, k, s, p, d, dtype):
         np.testing.assert_allclose(y, expected, atol=tol)
         assert layer.compute_output_shape(x.shape) == expected.shape
         assert y.dtype == dtype
+
+
+@pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize("size", [5, 6, 7])
+@pytest.mark.parametrize("stride,start", [(1, 1), (2, 0), (2, 1), (3, 0)])
+def test_subsample_hw_matches_numpy_slicing(size, stride, start, known):
+    x = np.random.default_rng(3).normal(size=(2, size, size + 1, 3))
+    spec = (2, size, size + 1, 3) if known else (None, None, None, 3)
+    sub = tf.function(
+        lambda h: L.subsample_hw(h, stride, start=start),
+        input_signature=[tf.TensorSpec(spec, tf.float64)],
+    )
+    np.testing.assert_array_equal(
+        sub(x), x[:, start::stride, start::stride, :]
+    )
 
 
 def test_conv_kernel_shapes_and_default_init():

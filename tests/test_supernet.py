@@ -64,6 +64,10 @@ def test_genotype_follows_the_weights():
 
 
 def _problem(operators, dtype="float64"):
+    # Seeded: an unseeded initialisation depends on which tests ran before
+    # in the worker, and a rare draw puts a ReLU / max-pool kink within the
+    # finite-difference step below.
+    keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(dtype)
     try:
         net = SearchNetwork(10, layers=3, init_channels=4,

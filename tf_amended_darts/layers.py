@@ -146,21 +146,50 @@ def _in_xla_context():
     return _graph_in_xla_context(tf.compat.v1.get_default_graph())
 
 
-def _strided_slice(x, begin, end, strides, end_mask=0):
-    """`tf.strided_slice` with its index vectors shared within the graph."""
-    return tf.strided_slice(
-        x,
-        graph_constant(tuple(begin), tf.int32),
-        graph_constant(tuple(end), tf.int32),
-        graph_constant(tuple(strides), tf.int32),
-        end_mask=end_mask,
-    )
-
-
 def subsample_hw(x, stride, start=0):
-    """`x[:, start::stride, start::stride, :]` (index constants shared)."""
-    begin = (0, start, start, 0)
-    return _strided_slice(x, begin, (0, 0, 0, 0), (1, stride, stride, 1), 15)
+    """`x[:, start::stride, start::stride, :]` (index constants shared).
+
+    Written with `tf.slice` and reshapes where the sizes are known: their
+    derivatives are `tf.pad` and reshapes, while a strided slice's
+    (``StridedSliceGrad``) is a slow scatter on CPU (measured: 5-8% of a
+    3-cell supernet's search step, benchmarks/s1_cpu.md section 5).
+    """
+    sizes = x.shape[1:3]
+    if start:
+        x = tf.slice(
+            x,
+            graph_constant((0, start, start, 0), tf.int32),
+            graph_constant((-1, -1, -1, -1), tf.int32),
+        )
+        sizes = [None if n is None else n - start for n in sizes]
+    if stride == 1:
+        return x
+    if None in sizes or x.shape[-1] is None:
+        return tf.strided_slice(
+            x,
+            graph_constant((0, 0, 0, 0), tf.int32),
+            graph_constant((0, 0, 0, 0), tf.int32),
+            graph_constant((1, stride, stride, 1), tf.int32),
+            end_mask=15,
+        )
+    # Pad to whole blocks, view as (N, H/s, s, W/s, s, C), keep offset 0.
+    out = [-(-n // stride) for n in sizes]
+    pads = tuple((0, o * stride - n) for o, n in zip(out, sizes, strict=True))
+    x = pad_hw(x, pads)
+    channels = x.shape[-1]
+    blocks = tf.reshape(
+        x,
+        graph_constant((-1, out[0], stride, out[1], stride, channels),
+                       tf.int32),
+    )
+    first = tf.slice(
+        blocks,
+        graph_constant((0,) * 6, tf.int32),
+        graph_constant((-1, -1, 1, -1, 1, -1), tf.int32),
+    )
+    return tf.reshape(
+        first, graph_constant((-1, out[0], out[1], channels), tf.int32)
+    )
 
 
 def pad_hw(x, pads, constant=None):
@@ -821,14 +850,26 @@ class AvgPool2D(_Pool2D):
 
 
 def _depthwise(x, kernel, strides, padding):
-    """Undilated depthwise convolution with symmetric explicit padding."""
+    """Undilated depthwise convolution with symmetric zero padding.
+
+    The padding is written the way oneDNN runs fastest: 'SAME' where it
+    equals PyTorch's (stride 1, ``2 padding = k - 1``), else `tf.pad` and
+    'VALID'. The op's own EXPLICIT padding is correct too, but its
+    input and filter gradients fall back to TensorFlow's generic CPU kernels
+    (~2x slower, and run three times per conv in the amended step's double
+    backward; benchmarks/s1_cpu.md section 5).
+    """
     p = padding
+    if p and strides == 1 and 2 * p == kernel.shape[0] - 1:
+        padding_mode = "SAME"
+    else:
+        x = pad_hw(x, p)
+        padding_mode = "VALID"
     return tf.raw_ops.DepthwiseConv2dNative(
         input=x,
         filter=kernel,
         strides=[1, strides, strides, 1],
-        padding="EXPLICIT" if p else "VALID",
-        explicit_paddings=[0, 0, p, p, p, p, 0, 0] if p else [],
+        padding=padding_mode,
     )
 
 
