@@ -382,60 +382,173 @@ def _normalize_vjp(normed, scale, g, axes):
     return (g - mean_g - normed * mean_gn) * scale, mean_g, mean_gn
 
 
-def normalize_batch(x, axes, epsilon):
-    """Training-mode normalisation ``(x - mean) * rsqrt(var + eps)``, with
-    hand-written first and second derivatives.
+# Dtypes of TensorFlow's fused batch-norm kernels (FusedBatchNormV3: T in
+# half, bfloat16, float; the search casts low precision to float32 first).
+FUSED_DTYPES = (tf.float32,)
 
-    Returns ``(normed, mean, variance)``, values as the autodiff formula
-    computes them. Why: the bi-level step differentiates every batch norm
-    twice, and TensorFlow's generic derivatives of the mean, variance and
-    broadcasts made batch norm ~3/4 of the supernet's amended-step graph
-    (363 nodes for the amended product through one batch norm; 172 with
-    these: tests/test_graph_size.py). The derivative of the
-    normalisation (`_normalize_vjp`, linear in ``g``) and the derivative of
-    that derivative (below) are recorded on every active tape with
-    ``record_operation``, as eager ``tf.custom_gradient`` does: nothing is
-    registered globally (graph-mode ``tf.custom_gradient`` registers a new
-    gradient function per call, which keeps every traced graph alive). Both
-    are written from recorded ops of ``x``, so higher derivatives stay
-    exact too.
 
-    Second derivative: for ``Phi = <xi, G(x, g)>``, ``G`` the VJP,
-    ``dPhi/dg = G(x, xi)`` and, with ``dn_i/dx_j = s (d_ij - 1/M) -
-    s n_i n_j / M``, ``dPhi/dx = -s^2 n (mean(xi g) - mean xi mean g -
-    mean(xi n) mean(g n)) - s (mean(g n) G(x, xi) + mean(xi n) G(x, g))``.
-    Checked against autodiff of the plain formula and float64 finite
-    differences (tests/test_layers.py, tests/test_products_bn.py).
+def _fused_kernels(x, epsilon):
+    """Batch norm and its VJP by TensorFlow's fused kernels (oneDNN on CPU).
+
+    Returns ``(normed, mean, biased variance, vjp)``; ``vjp(g)`` gives
+    ``(G(x, g), mean g, mean(g n))`` from one FusedBatchNormGradV3. The
+    kernel's documented variance output is Bessel-corrected; the biased one
+    is ``var (M - 1) / M`` (the reserve spaces are backend-specific: the
+    variance on CPU, the inverse deviation on GPU).
     """
+    channels = x.shape[-1]
+    ones = graph_constant((1.0,) * channels, x.dtype)
+    zeros = graph_constant((0.0,) * channels, x.dtype)
+    empty = graph_constant((), x.dtype)
+    normed, mean, unbiased, r1, r2, r3 = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=ones, offset=zeros, mean=empty, variance=empty,
+        epsilon=epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+        is_training=True,
+    )
+    count = _count_per_channel(x)
+
+    def vjp(g):
+        gx, sum_gn, sum_g, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+            y_backprop=g, x=x, scale=ones, reserve_space_1=r1,
+            reserve_space_2=r2, reserve_space_3=r3, epsilon=epsilon,
+            data_format="NHWC", is_training=True,
+        )
+        return gx, sum_g / count, sum_gn / count
+
+    if isinstance(count, int):
+        bessel = graph_constant((count - 1) / count, x.dtype)
+    else:
+        bessel = (count - 1.0) / count
+    return normed, mean, unbiased * bessel, vjp
+
+
+def _count_per_channel(x):
+    """``N H W``: a Python int where the shape is known, else a tensor."""
+    if x.shape.is_fully_defined():
+        return x.shape.num_elements() // x.shape[-1]
+    return tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype)
+
+
+def _formula_kernels(x, axes, epsilon):
+    """The same four values as `_fused_kernels`, by the formula."""
     mean = tf.reduce_mean(x, axes)
     centred = x - mean
     variance = tf.reduce_mean(tf.square(centred), axes)
-    scale = tf.math.rsqrt(variance + epsilon)
+    scale = tf.math.rsqrt(variance + graph_constant(epsilon, x.dtype))
     normed = centred * scale
-    if _tape_record is None:  # pragma: no cover - plain autodiff
-        return normed, mean, variance
-    out = tf.identity(normed)  # a tensor of its own for the tape
 
-    def first(g):
-        gx, mean_g, mean_gn = _normalize_vjp(normed, scale, g, axes)
-        gx_out = tf.identity(gx)
+    def vjp(g):
+        return _normalize_vjp(normed, scale, g, axes)
+
+    return normed, mean, variance, vjp
+
+
+def _record(kind, outputs, inputs, backward):
+    """Fresh tensors for `outputs`, recorded on the tapes as one op of
+    `inputs` whose VJP is `backward(*output_gradients)`."""
+    outputs = [tf.identity(t) for t in outputs]
+    _tape_record.record_operation(kind, outputs, list(inputs), backward)
+    return outputs
+
+
+def _zero_if_none(gradient, like):
+    return tf.zeros_like(like) if gradient is None else gradient
+
+
+def normalize_batch(x, axes, epsilon, fused=None):
+    """Training-mode normalisation ``(x - mean) * rsqrt(var + eps)``, with
+    hand-written derivatives of every order.
+
+    Returns ``(normed, mean, variance)``, values as the formula computes
+    them. Why: the bi-level step differentiates every batch norm twice, and
+    TensorFlow's generic derivatives of the mean, variance and broadcasts
+    made batch norm ~3/4 of the supernet's amended-step graph (363 nodes
+    for the amended product through one batch norm; tests/test_graph_size.py
+    has the count now). The derivatives are recorded on every active tape
+    with ``record_operation``, as eager ``tf.custom_gradient`` does: nothing
+    is registered globally (graph-mode ``tf.custom_gradient`` registers a new
+    gradient function per call, which keeps every traced graph alive).
+
+    Recorded ops, each with its VJP written from recorded tensors, so that
+    derivatives of any order are exact (``G(x, g)`` is the VJP of the
+    normalisation, ``n`` the output, ``s = rsqrt(var + eps)``, ``M`` the
+    count per channel):
+
+    * ``n`` of ``x``: ``G(x, g) = s (g - mean g - n mean(g n))``;
+    * the statistics ``(mean, var)`` of ``x``: ``z_m / M + 2 z_v n / (s M)``;
+    * ``G(x, g)`` of ``(x, g)``: with ``dn_i/dx_j = s (d_ij - 1/M) -
+      s n_i n_j / M``, the VJP of ``Phi = <xi, G(x, g)>`` is ``dPhi/dg =
+      G(x, xi)`` and ``dPhi/dx = -s^2 n (mean(xi g) - mean xi mean g -
+      mean(xi n) mean(g n)) - s (mean(g n) G(x, xi) + mean(xi n) G(x, g))``;
+    * ``(mean g, mean(g n))`` of ``(x, g)``: ``d/dg = z_1 / M + z_2 n / M``,
+      ``d/dx = z_2 G(x, g) / M``.
+
+    The values come from TensorFlow's fused kernels (``fused``, default for
+    float32: FusedBatchNormV3 / FusedBatchNormGradV3, which oneDNN runs in
+    one or two sweeps over the tensor where the formula takes six or seven;
+    benchmarks/s1_cpu.md section 5) or from the formula (float64, which
+    the kernels lack). Both run through the same recorded ops; the float64
+    oracles check them against autodiff of the plain formula and the fused
+    kernels against the float64 formula (tests/test_products_bn.py).
+
+    Args:
+        x: a 4D NHWC tensor (any rank without ``fused``).
+        axes: the reduction axes (N, H, W), a tensor or tuple.
+        epsilon: a Python float added to the variance.
+        fused: use the fused kernels; None: for float32 4D inputs.
+    """
+    if fused is None:
+        fused = x.dtype in FUSED_DTYPES and x.shape.rank == 4
+    epsilon = float(epsilon)
+    if fused:
+        normed, mean, variance, vjp_values = _fused_kernels(x, epsilon)
+    else:
+        normed, mean, variance, vjp_values = _formula_kernels(
+            x, axes, epsilon
+        )
+    if _tape_record is None or not _tape_record.could_possibly_record():
+        return normed, mean, variance  # no tape: nothing to record
+    count = _count_per_channel(x)
+    if isinstance(count, int):
+        count = graph_constant(float(count), x.dtype)
+
+    def moments_vjp(z_mean, z_var):
+        z_mean = _zero_if_none(z_mean, mean)
+        z_var = _zero_if_none(z_var, variance)
+        return [(z_mean + 2.0 * z_var * out / scale) / count]
+
+    mean_out, variance_out = _record(
+        "BatchNormMoments", [mean, variance], [x], moments_vjp
+    )
+    scale = tf.math.rsqrt(variance_out + graph_constant(epsilon, x.dtype))
+
+    def vjp(g):
+        """``(G(x, g), mean g, mean(g n))``, recorded."""
+        gx, mean_g, mean_gn = vjp_values(g)
+
+        def means_vjp(z_g, z_gn):
+            z_g = _zero_if_none(z_g, mean_g)
+            z_gn = _zero_if_none(z_gn, mean_gn)
+            return [z_gn * gx_out / count, (z_g + z_gn * out) / count]
 
         def second(xi):
-            g_xi, mean_xi, mean_xin = _normalize_vjp(normed, scale, xi, axes)
+            g_xi, mean_xi, mean_xin = vjp(xi)
             mean_xig = tf.reduce_mean(xi * g, axes)
             coef = scale * scale * (
                 mean_xig - mean_xi * mean_g - mean_xin * mean_gn
             )
-            dx = -(normed * coef) - scale * (mean_gn * g_xi + mean_xin * gx)
+            dx = -(out * coef) - scale * (mean_gn * g_xi + mean_xin * gx_out)
             return [dx, g_xi]
 
-        _tape_record.record_operation(
-            "BatchNormVJP", [gx_out], [x, g], second
+        mean_g, mean_gn = _record(
+            "BatchNormVJPMeans", [mean_g, mean_gn], [x, g], means_vjp
         )
-        return [gx_out]
+        (gx_out,) = _record("BatchNormVJP", [gx], [x, g], second)
+        return gx_out, mean_g, mean_gn
 
-    _tape_record.record_operation("BatchNormTraining", [out], [x], first)
-    return out, mean, variance
+    (out,) = _record("BatchNormTraining", [normed], [x],
+                     lambda g: [vjp(g)[0]])
+    return out, mean_out, variance_out
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
@@ -557,7 +670,7 @@ class BatchNorm(ConfigLayer):
             if replica is None and not self.affine:
                 # The search's batch norms: hand-written derivatives.
                 normed, mean, variance = normalize_batch(
-                    x, axes, graph_constant(self.epsilon, dtype)
+                    x, axes, self.epsilon
                 )
                 if not statistics_frozen():
                     self._update_moving_statistics(x, mean, variance)
