@@ -64,18 +64,18 @@ HVP_LIMITS = {
 }
 
 # SearchNetwork(10, layers=3, init_channels=4), 2x16x16x3 input, training
-# forward. Measured: 8,107 (30,009; 11,084 before batch norm's hand-written
-# derivatives, 10,143 before its fused kernels); frozen statistics 3,794
-# (6,771; 5,830).
+# forward. Measured: 7,965 (30,009; 11,084 before batch norm's hand-written
+# derivatives, 10,143 before its fused kernels and the shared ReLU of each
+# edge); frozen statistics 3,652 (6,771; 5,830).
 SUPERNET_LIMIT = 9_000
-SUPERNET_FROZEN_LIMIT = 4_200
+SUPERNET_FROZEN_LIMIT = 4_000
 
 # The amended product (`bilevel.amended_product_exact`: forward, backward,
 # two double-backward passes) through one frozen, non-affine batch norm,
 # L = sum(sin(bn(x * w) * a)): batch norm dominated the supernet's amended
-# graph (~300 of its nodes per batch norm). Measured: 178 (363 with
+# graph (~300 of its nodes per batch norm). Measured: 176 (363 with
 # autodiff of the plain formula; 172 with the hand-written derivatives
-# before the fused kernels and the recorded statistics).
+# before the fused kernels).
 BN_AMENDED_LIMIT = 195
 
 

@@ -1,5 +1,7 @@
 """The search network: structure, architecture variables, exact products."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -127,3 +129,45 @@ def test_supernet_products_match_float64_central_differences(operators):
         [x - y for x, y in zip(dhv, dhv_fd, strict=True)])
                 / bilevel.global_norm(dhv_fd))
     assert rel < 1e-6
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_mixed_edge_computes_one_relu_of_its_input(stride):
+    # sep_conv (x2 blocks), dil_conv and factorized reduction all start
+    # with relu(x): one shared ReLU, and the same values and gradients as
+    # each operator computing its own.
+    from tf_amended_darts import layers as L
+    from tf_amended_darts.cells import MixedEdge
+
+    keras.utils.set_random_seed(0)
+    edge = MixedEdge(S.DARTS_PRIMITIVES, 4, stride)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 8, 4)),
+                    tf.float32)
+    edge.build(x.shape)
+    weights = tf.constant(np.linspace(0.1, 0.8, 8), tf.float32)
+
+    def value_and_grad(h):
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            y = edge(h, weights, training=True)
+            loss = tf.reduce_sum(tf.sin(y))
+        return y, tape.gradient(loss, h)
+
+    def relus_of_input():
+        graph = tf.function(value_and_grad).get_concrete_function(x).graph
+        return sum(
+            op.type == "Relu" and op.inputs[0].op.type == "Placeholder"
+            for op in graph.get_operations()
+        )
+
+    assert relus_of_input() == 1
+    shared = tf.function(value_and_grad)(x)
+    original = L.shared_relu
+    try:  # a context that shares nothing: every operator its own ReLU
+        L.shared_relu = contextlib.nullcontext
+        assert relus_of_input() == (5 if stride == 2 else 4)
+        unshared = tf.function(value_and_grad)(x)
+    finally:
+        L.shared_relu = original
+    for a, b in zip(shared, unshared, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

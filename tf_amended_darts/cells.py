@@ -97,12 +97,13 @@ class MixedEdge(keras.layers.Layer):
         # one unstack instead of a strided slice per operator
         weights = tf.unstack(weights, num=len(self.operators))
         out = None
-        for k, op in zip(self.indices, self.candidates, strict=True):
-            h = op(x, training=training)
-            if apply_drop and not isinstance(op, O.Identity):
-                h = drop_path(h, drop_prob, seed=seed)
-            y = weights[k] * h
-            out = y if out is None else out + y
+        with L.shared_relu():  # one relu(x) for all conv candidates
+            for k, op in zip(self.indices, self.candidates, strict=True):
+                h = op(x, training=training)
+                if apply_drop and not isinstance(op, O.Identity):
+                    h = drop_path(h, drop_prob, seed=seed)
+                y = weights[k] * h
+                out = y if out is None else out + y
         return out
 
     def get_config(self):

@@ -152,7 +152,7 @@ def subsample_hw(x, stride, start=0):
     Written with `tf.slice` and reshapes where the sizes are known: their
     derivatives are `tf.pad` and reshapes, while a strided slice's
     (``StridedSliceGrad``) is a slow scatter on CPU (measured: 5-8% of a
-    3-cell supernet's search step, benchmarks/s1_cpu.md section 5).
+    3-cell supernet's search step, benchmarks/s1_cpu.md section 6).
     """
     sizes = x.shape[1:3]
     if start:
@@ -209,6 +209,43 @@ def pad_hw(x, pads, constant=None):
     return tf.pad(
         x, paddings, constant_values=graph_constant(constant, x.dtype)
     )
+
+
+# ---------------------------------------------------------------------------
+# One ReLU per input within a mixed edge.
+# ---------------------------------------------------------------------------
+
+_SHARED_RELU = contextvars.ContextVar("shared_relu", default=None)
+
+
+@contextlib.contextmanager
+def shared_relu():
+    """Inside, `relu` computes ``relu(x)`` once per input tensor ``x``.
+
+    A mixed edge's convolutions (sep_conv and dil_conv, four in DARTS' S1)
+    and factorized reduction each start with a ReLU of the edge's input:
+    sharing it saves three activations per edge kept for the backward
+    passes, and three ReLU gradients in each of them (the gradients meet
+    in one sum instead). Grappler's common-subexpression elimination does
+    the same when it runs; the search runs without it by default.
+    """
+    token = _SHARED_RELU.set({})
+    try:
+        yield
+    finally:
+        _SHARED_RELU.reset(token)
+
+
+def relu(x):
+    """``tf.nn.relu(x)``, shared inside `shared_relu()`."""
+    cache = _SHARED_RELU.get()
+    if cache is None:
+        return tf.nn.relu(x)
+    hit = cache.get(id(x))
+    if hit is None or hit[0] is not x:
+        hit = (x, tf.nn.relu(x))
+        cache[id(x)] = hit
+    return hit[1]
 
 
 # ---------------------------------------------------------------------------
@@ -406,20 +443,30 @@ def _fused_kernels(x, epsilon):
         is_training=True,
     )
     count = _count_per_channel(x)
+    if isinstance(count, int):
+        bessel = graph_constant((count - 1) / count, x.dtype)
+    else:
+        bessel = (count - 1.0) / count
+    variance = unbiased * bessel
+    deviation = []  # sqrt(var + eps), made by the first backward pass
 
     def vjp(g):
+        # The kernel reads the input; rebuilding it from the output (two
+        # elementwise ops) keeps only the output alive for the backward
+        # passes, as the formula does. Keeping `x` costs one more
+        # activation per batch norm: S1 amended exact went over 16 GB.
+        if not deviation:
+            eps = graph_constant(epsilon, x.dtype)
+            deviation.append(tf.sqrt(variance + eps))
+        x_again = normed * deviation[0] + mean
         gx, sum_gn, sum_g, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-            y_backprop=g, x=x, scale=ones, reserve_space_1=r1,
+            y_backprop=g, x=x_again, scale=ones, reserve_space_1=r1,
             reserve_space_2=r2, reserve_space_3=r3, epsilon=epsilon,
             data_format="NHWC", is_training=True,
         )
         return gx, sum_g / count, sum_gn / count
 
-    if isinstance(count, int):
-        bessel = graph_constant((count - 1) / count, x.dtype)
-    else:
-        bessel = (count - 1.0) / count
-    return normed, mean, unbiased * bessel, vjp
+    return normed, mean, variance, vjp
 
 
 def _count_per_channel(x):
@@ -475,21 +522,26 @@ def normalize_batch(x, axes, epsilon, fused=None):
     count per channel):
 
     * ``n`` of ``x``: ``G(x, g) = s (g - mean g - n mean(g n))``;
-    * the statistics ``(mean, var)`` of ``x``: ``z_m / M + 2 z_v n / (s M)``;
     * ``G(x, g)`` of ``(x, g)``: with ``dn_i/dx_j = s (d_ij - 1/M) -
       s n_i n_j / M``, the VJP of ``Phi = <xi, G(x, g)>`` is ``dPhi/dg =
       G(x, xi)`` and ``dPhi/dx = -s^2 n (mean(xi g) - mean xi mean g -
       mean(xi n) mean(g n)) - s (mean(g n) G(x, xi) + mean(xi n) G(x, g))``;
-    * ``(mean g, mean(g n))`` of ``(x, g)``: ``d/dg = z_1 / M + z_2 n / M``,
-      ``d/dx = z_2 G(x, g) / M``.
+    * only when a third derivative is taken (a tape is still recording
+      while the second derivative runs): ``var`` of ``x`` (VJP ``2 z n /
+      (s M)``) and ``(mean g, mean(g n))`` of ``(x, g)`` (``d/dg = z_1 / M
+      + z_2 n / M``, ``d/dx = z_2 G(x, g) / M``). Nothing is recorded where
+      no tape records, so the first- and second-order graphs carry none of
+      this.
 
     The values come from TensorFlow's fused kernels (``fused``, default for
     float32: FusedBatchNormV3 / FusedBatchNormGradV3, which oneDNN runs in
     one or two sweeps over the tensor where the formula takes six or seven;
-    benchmarks/s1_cpu.md section 5) or from the formula (float64, which
+    benchmarks/s1_cpu.md section 6) or from the formula (float64, which
     the kernels lack). Both run through the same recorded ops; the float64
     oracles check them against autodiff of the plain formula and the fused
-    kernels against the float64 formula (tests/test_products_bn.py).
+    kernels against the float64 formula (tests/test_products_bn.py). The
+    returned statistics are for the moving averages and carry no
+    derivatives (`tf.stop_gradient`).
 
     Args:
         x: a 4D NHWC tensor (any rank without ``fused``).
@@ -506,49 +558,69 @@ def normalize_batch(x, axes, epsilon, fused=None):
         normed, mean, variance, vjp_values = _formula_kernels(
             x, axes, epsilon
         )
-    if _tape_record is None or not _tape_record.could_possibly_record():
+    if not _recording():
         return normed, mean, variance  # no tape: nothing to record
+    # The statistics are for the moving averages: no derivatives.
+    mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
     count = _count_per_channel(x)
     if isinstance(count, int):
         count = graph_constant(float(count), x.dtype)
+    eps = graph_constant(epsilon, x.dtype)
+    raw_scale = tf.math.rsqrt(variance + eps)
 
-    def moments_vjp(z_mean, z_var):
-        z_mean = _zero_if_none(z_mean, mean)
-        z_var = _zero_if_none(z_var, variance)
-        return [(z_mean + 2.0 * z_var * out / scale) / count]
+    def scale():
+        """``s``; recorded (a function of ``x``) under a tape."""
+        if not _recording():
+            return raw_scale
 
-    mean_out, variance_out = _record(
-        "BatchNormMoments", [mean, variance], [x], moments_vjp
-    )
-    scale = tf.math.rsqrt(variance_out + graph_constant(epsilon, x.dtype))
+        def variance_vjp(z):
+            return [2.0 * z * out / (recorded * count)]
 
-    def vjp(g):
-        """``(G(x, g), mean g, mean(g n))``, recorded."""
+        (var,) = _record("BatchNormVariance", [variance], [x], variance_vjp)
+        recorded = tf.math.rsqrt(var + eps)
+        return recorded
+
+    def vjp(g, means=False):
+        """``G(x, g)``, recorded under a tape; with ``means`` also
+        ``(mean g, mean(g n))``, recorded alike."""
         gx, mean_g, mean_gn = vjp_values(g)
+        if not _recording():
+            return (gx, mean_g, mean_gn) if means else gx
 
-        def means_vjp(z_g, z_gn):
-            z_g = _zero_if_none(z_g, mean_g)
-            z_gn = _zero_if_none(z_gn, mean_gn)
-            return [z_gn * gx_out / count, (z_g + z_gn * out) / count]
+        def recorded_means():
+            def means_vjp(z_g, z_gn):
+                z_g = _zero_if_none(z_g, mean_g)
+                z_gn = _zero_if_none(z_gn, mean_gn)
+                return [z_gn * gx_out / count, (z_g + z_gn * out) / count]
+
+            if not _recording():
+                return mean_g, mean_gn
+            return _record(
+                "BatchNormVJPMeans", [mean_g, mean_gn], [x, g], means_vjp
+            )
 
         def second(xi):
-            g_xi, mean_xi, mean_xin = vjp(xi)
-            mean_xig = tf.reduce_mean(xi * g, axes)
-            coef = scale * scale * (
-                mean_xig - mean_xi * mean_g - mean_xin * mean_gn
-            )
-            dx = -(out * coef) - scale * (mean_gn * g_xi + mean_xin * gx_out)
+            # Runs in a backward pass: anything recorded here is for a
+            # tape still active, i.e. for a third derivative.
+            s = scale()
+            m_g, m_gn = recorded_means()
+            g_xi, m_xi, m_xin = vjp(xi, means=True)
+            m_xig = tf.reduce_mean(xi * g, axes)
+            coef = s * s * (m_xig - m_xi * m_g - m_xin * m_gn)
+            dx = -(out * coef) - s * (m_gn * g_xi + m_xin * gx_out)
             return [dx, g_xi]
 
-        mean_g, mean_gn = _record(
-            "BatchNormVJPMeans", [mean_g, mean_gn], [x, g], means_vjp
-        )
         (gx_out,) = _record("BatchNormVJP", [gx], [x, g], second)
-        return gx_out, mean_g, mean_gn
+        return (gx_out,) + tuple(recorded_means()) if means else gx_out
 
     (out,) = _record("BatchNormTraining", [normed], [x],
-                     lambda g: [vjp(g)[0]])
-    return out, mean_out, variance_out
+                     lambda g: [vjp(g)])
+    return out, mean, variance
+
+
+def _recording():
+    """Whether a tape could record the ops being built now."""
+    return _tape_record is not None and _tape_record.could_possibly_record()
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
@@ -970,7 +1042,7 @@ def _depthwise(x, kernel, strides, padding):
     'VALID'. The op's own EXPLICIT padding is correct too, but its
     input and filter gradients fall back to TensorFlow's generic CPU kernels
     (~2x slower, and run three times per conv in the amended step's double
-    backward; benchmarks/s1_cpu.md section 5).
+    backward; benchmarks/s1_cpu.md section 6).
     """
     p = padding
     if p and strides == 1 and 2 * p == kernel.shape[0] - 1:

@@ -157,7 +157,7 @@ class ReLUConvBN(_Sequential):
         return (self.conv, self.bn)
 
     def call(self, inputs, training=None):
-        x = self.conv(tf.nn.relu(inputs))
+        x = self.conv(L.relu(inputs))
         return self.bn(x, training=training)
 
 
@@ -225,7 +225,7 @@ class DilConv(_Sequential):
         return (self.depthwise, self.pointwise, self.bn)
 
     def call(self, inputs, training=None):
-        x = self.pointwise(self.depthwise(tf.nn.relu(inputs)))
+        x = self.pointwise(self.depthwise(L.relu(inputs)))
         return self.bn(x, training=training)
 
 
@@ -335,7 +335,7 @@ class FactorizedReduce(L.ConfigLayer):
         _build_chain([self.bn], self.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
-        x = tf.nn.relu(tf.cast(inputs, self.compute_dtype))
+        x = L.relu(tf.cast(inputs, self.compute_dtype))
         # x[:, 1:, 1:, :], zero padded at the bottom / right where the size
         # is odd (or unknown): even sizes need no padding for size / 2.
         shifted = L.subsample_hw(x, 1, start=1)
