@@ -424,8 +424,10 @@ def _normalize_vjp(normed, scale, g, axes):
 FUSED_DTYPES = (tf.float32,)
 
 
-def _fused_kernels(x, epsilon):
+def _fused_kernels(x, epsilon, count):
     """Batch norm and its VJP by TensorFlow's fused kernels (oneDNN on CPU).
+
+    ``count`` is `_count_per_channel(x)`.
 
     Returns ``(normed, mean, biased variance, vjp)``; ``vjp(g)`` gives
     ``(G(x, g), mean g, mean(g n))`` from one FusedBatchNormGradV3. The
@@ -442,9 +444,9 @@ def _fused_kernels(x, epsilon):
         epsilon=epsilon, exponential_avg_factor=1.0, data_format="NHWC",
         is_training=True,
     )
-    count = _count_per_channel(x)
     if isinstance(count, int):
         bessel = graph_constant((count - 1) / count, x.dtype)
+        count = graph_constant(float(count), x.dtype)
     else:
         bessel = (count - 1.0) / count
     variance = unbiased * bessel
@@ -552,8 +554,11 @@ def normalize_batch(x, axes, epsilon, fused=None):
     if fused is None:
         fused = x.dtype in FUSED_DTYPES and x.shape.rank == 4
     epsilon = float(epsilon)
+    count = _count_per_channel(x)
     if fused:
-        normed, mean, variance, vjp_values = _fused_kernels(x, epsilon)
+        normed, mean, variance, vjp_values = _fused_kernels(
+            x, epsilon, count
+        )
     else:
         normed, mean, variance, vjp_values = _formula_kernels(
             x, axes, epsilon
@@ -562,16 +567,15 @@ def normalize_batch(x, axes, epsilon, fused=None):
         return normed, mean, variance  # no tape: nothing to record
     # The statistics are for the moving averages: no derivatives.
     mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
-    count = _count_per_channel(x)
     if isinstance(count, int):
         count = graph_constant(float(count), x.dtype)
     eps = graph_constant(epsilon, x.dtype)
-    raw_scale = tf.math.rsqrt(variance + eps)
 
     def scale():
-        """``s``; recorded (a function of ``x``) under a tape."""
+        """``s``, made only by the second derivative (which needs it);
+        recorded (a function of ``x``) under a tape."""
         if not _recording():
-            return raw_scale
+            return tf.math.rsqrt(variance + eps)
 
         def variance_vjp(z):
             return [2.0 * z * out / (recorded * count)]

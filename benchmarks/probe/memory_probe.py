@@ -22,11 +22,9 @@ ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 sys.path.insert(0, ROOT)
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from probe_setup import search_step  # noqa: E402
 
-from tf_amended_darts import bilevel, engine  # noqa: E402
-from tf_amended_darts.supernet import SearchNetwork  # noqa: E402
+from tf_amended_darts import bilevel  # noqa: E402
 
 
 def rss():
@@ -58,23 +56,7 @@ if variant != "current":
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     bilevel.amended_product_exact = getattr(mod, variant)
-tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-net = SearchNetwork(10, layers=layers, init_channels=C)
-net.build((None, size, size, 3))
-s = engine.BilevelSearch(net, arch_grad=arch, hvp=hvp)
-s.compile()
-rng = np.random.default_rng(0)
-
-
-def b():
-    return (
-        tf.constant(rng.normal(size=(batch, size, size, 3)), tf.float32),
-        tf.constant(rng.integers(0, 10, batch), tf.int32),
-    )
-
-
-data = (b(), b())
-step = tf.function(s.train_step)
+step, data = search_step(arch, hvp, layers, C, size, batch)
 gc.collect()
 r0 = rss()
 out = {"variant": variant, "arch": arch, "hvp": hvp, "rss_built": r0}

@@ -23,12 +23,9 @@ ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 sys.path.insert(0, ROOT)
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from probe_setup import search_step  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
-
-from tf_amended_darts import engine  # noqa: E402
-from tf_amended_darts.supernet import SearchNetwork  # noqa: E402
 
 
 def op_seconds(logdir):
@@ -62,22 +59,7 @@ def main(argv):
     steps = next((int(a.split("=")[1]) for a in argv
                   if a.startswith("--steps=")), 2)
     layers, C, size, batch = int(layers), int(C), int(size), int(batch)
-    tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": not grappler})
-    net = SearchNetwork(10, layers=layers, init_channels=C)
-    net.build((None, size, size, 3))
-    search = engine.BilevelSearch(net, arch_grad=arch, hvp=hvp)
-    search.compile()
-    rng = np.random.default_rng(0)
-
-    def batch_():
-        return (
-            tf.constant(rng.normal(size=(batch, size, size, 3)), tf.float32),
-            tf.constant(rng.integers(0, 10, batch), tf.int32),
-        )
-
-    data = (batch_(), batch_())
-    step = tf.function(search.train_step)
+    step, data = search_step(arch, hvp, layers, C, size, batch, grappler)
     t = time.perf_counter()
     float(step(data)["loss"])
     first = time.perf_counter() - t
