@@ -172,7 +172,7 @@ def make_batches(data, size, batch):
         pair = (batch_of(), batch_of())
         while True:
             yield pair
-    from tf_amended_darts import data as data_lib
+    from tf_amended_darts.vision import data as data_lib
 
     pairs, _, _ = data_lib.search_datasets("digits", batch, image_size=size)
     yield from iter(pairs.repeat())
@@ -184,7 +184,8 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
-    from tf_amended_darts import engine, precision
+    from tf_amended_darts.core import engine
+    from tf_amended_darts.jobs import precision
 
     if not grappler:
         tf.config.optimizer.set_experimental_options(

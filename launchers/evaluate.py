@@ -15,7 +15,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts import export  # noqa: E402
+from tf_amended_darts.jobs import export  # noqa: E402
 
 
 def main(argv, fv=flags.FLAGS):

@@ -6,7 +6,7 @@
 Loads the run's config, genotype and final weights (else the newest
 checkpoint). The SavedModel's ``serving_default`` signature takes
 ``images`` (float32, NHWC, normalised as in training) and returns
-``logits`` and ``probabilities``. See tf_amended_darts/export.py.
+``logits`` and ``probabilities``. See tf_amended_darts/jobs/export.py.
 """
 
 import json
@@ -17,7 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts import export  # noqa: E402
+from tf_amended_darts.jobs import export  # noqa: E402
 
 
 def main(argv, fv=flags.FLAGS):

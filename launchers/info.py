@@ -15,8 +15,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts import flops, network  # noqa: E402
-from tf_amended_darts import genotype as G  # noqa: E402
+from tf_amended_darts.vision import flops, network  # noqa: E402
+from tf_amended_darts.vision import genotype as G  # noqa: E402
 
 # dataset -> (network class, classes, init_channels, layers, image size),
 # the reference train.py / train_imagenet.py defaults.

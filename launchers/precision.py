@@ -7,7 +7,7 @@
 Each row ``policy:reference:loss_scale[:batches]`` builds the same super-network
 (random batches, the weights of ``--seeds``) under both policies and prints
 the relative error ``||x - x_ref|| / ||x_ref||`` of each vector the search
-reads (`tf_amended_darts.precision.PRODUCTS`): ``g1``, ``v``, the weight
+reads (`tf_amended_darts.jobs.precision.PRODUCTS`): ``g1``, ``v``, the weight
 step's gradient ``gw``, ``H v`` and ``D H v`` (exact and finite-difference)
 and the amended estimate ``g1 - eta D H v``. With several seeds a cell is
 the median and [max] over them. A row ending in ``:other_batches``
@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from tf_amended_darts import precision  # noqa: E402
-from tf_amended_darts import search_space as S  # noqa: E402
+from tf_amended_darts.jobs import precision  # noqa: E402
+from tf_amended_darts.vision import search_space as S  # noqa: E402
 
 DEFAULT_ROWS = (
     "float32:float64:1",

@@ -7,7 +7,7 @@
 ``genotype.json`` of a search). Rerunning the same command resumes from the
 newest checkpoint in --model_dir; ``--seeds=0,1,2`` trains one network per
 seed and writes the mean and std of the test error. See
-tf_amended_darts/retrain.py for the run directory's layout.
+tf_amended_darts/jobs/retrain.py for the run directory's layout.
 """
 
 import json
@@ -18,7 +18,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts import retrain, retrain_config  # noqa: E402
+from tf_amended_darts.jobs import retrain, retrain_config  # noqa: E402
 
 
 def main(argv, fv=flags.FLAGS):

@@ -4,7 +4,7 @@
         --model_dir=runs/quickstart
 
 Rerunning the same command resumes from the newest checkpoint in
---model_dir. See tf_amended_darts/search.py for the run directory's layout.
+--model_dir. See tf_amended_darts/jobs/search.py for the run directory's layout.
 """
 
 import os
@@ -14,11 +14,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts import (  # noqa: E402
-    search,
-    search_config,
-    visualize,  # noqa: E402
-)
+from tf_amended_darts.jobs import search, search_config  # noqa: E402
+from tf_amended_darts.vision import visualize  # noqa: E402
 
 
 def run_search(fv=flags.FLAGS):

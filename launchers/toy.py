@@ -15,11 +15,12 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts import bilevel, toy  # noqa: E402
-from tf_amended_darts.optimizers import TorchAdam, TorchSGD  # noqa: E402
+from tf_amended_darts.core import bilevel  # noqa: E402
+from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD  # noqa: E402
+from tf_amended_darts.jobs import toy  # noqa: E402
 
 # Toy defaults: large enough steps that 500 steps show both behaviours;
-# eta = 0.5 > critical_eta() ~ 0.125 (see tf_amended_darts/toy.py).
+# eta = 0.5 > critical_eta() ~ 0.125 (see tf_amended_darts/jobs/toy.py).
 TOY_WEIGHT_LR = 0.05
 TOY_ARCH_LR = 0.01
 TOY_ETA = 0.5

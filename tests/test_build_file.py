@@ -42,9 +42,12 @@ def test_build_file_is_current():
 def test_every_python_file_has_a_target():
     covered = {s for _, srcs, _ in _targets().values() for s in srcs}
     for folder in ("tf_amended_darts", "tests", "launchers", "tools"):
-        for f in os.listdir(os.path.join(ROOT, folder)):
-            if f.endswith(".py") and f not in ("__init__.py", "conftest.py"):
-                assert f"{folder}/{f}" in covered, f"{folder}/{f}"
+        for dirpath, _, names in os.walk(os.path.join(ROOT, folder)):
+            for f in names:
+                if f.endswith(".py") and f not in ("__init__.py",
+                                                   "conftest.py"):
+                    path = os.path.relpath(os.path.join(dirpath, f), ROOT)
+                    assert path in covered, path
 
 
 def test_sources_exist_and_deps_resolve():
@@ -55,7 +58,8 @@ def test_sources_exist_and_deps_resolve():
         for d in deps:
             assert d.startswith(":") and d[1:] in targets, (name, d)
         if kind == "py_test":
-            assert all(s.startswith("tests/test_") for s in srcs)
+            assert all(os.path.basename(s).startswith("test_")
+                       and s.startswith("tests/") for s in srcs)
 
 
 def test_library_graph_is_acyclic():
@@ -78,5 +82,5 @@ def test_library_graph_is_acyclic():
 def test_deps_follow_imports():
     # A module that imports another must depend on it (checked on one edge
     # the code is known to have, independently of the generator).
-    _, _, deps = _targets()["engine"]
-    assert ":bilevel" in deps and ":optimizers" in deps
+    _, _, deps = _targets()["core_engine"]
+    assert ":core_bilevel" in deps and ":core_optimizers" in deps

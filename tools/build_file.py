@@ -3,8 +3,10 @@
     python tools/build_file.py          # rewrite BUILD
     python tools/build_file.py --check  # exit 1 if BUILD is stale
 
-One ``py_library`` per module of ``tf_amended_darts``, one ``py_test`` per
-``tests/test_*.py`` and one ``py_binary`` per launcher, each with ``deps`` on
+One ``py_library`` per module of ``tf_amended_darts`` (named by its path
+under the package, ``core/engine.py`` -> ``core_engine``), one ``py_test``
+per ``tests/**/test_*.py`` (``tests_core_test_engine``) and one
+``py_binary`` per launcher and tool, each with ``deps`` on
 the project modules it imports (found with ``ast``, not by name matching)
 and on the pip packages it imports (``requirement("...")``, rules_python's
 convention). Bazel itself cannot run offline here (see README), so
@@ -42,8 +44,26 @@ package(default_visibility = ["//visibility:public"])
 '''
 
 
+def _target(path):
+    """The target name of a .py file given relative to the root: its path
+    without ``.py`` (and without the package prefix), ``/`` as ``_``."""
+    rel = path[:-3]
+    if rel.startswith(PACKAGE + "/"):
+        rel = rel[len(PACKAGE) + 1:]
+    return rel.replace("/", "_")
+
+
+def _local(dotted):
+    """The file of a dotted module name of this tree, or None."""
+    path = dotted.replace(".", "/")
+    for candidate in (path + ".py", path + "/__init__.py"):
+        if os.path.exists(os.path.join(ROOT, candidate)):
+            return candidate
+    return None
+
+
 def _imports(path):
-    """(project modules, third-party distributions) imported by a file."""
+    """(project files, third-party distributions) imported by a file."""
     with open(path) as f:
         tree = ast.parse(f.read(), filename=path)
     local, external = set(), set()
@@ -52,45 +72,34 @@ def _imports(path):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == PACKAGE:
-                local.update(a.name for a in node.names)
-                continue
-            names = [node.module]
+            # `from pkg import module` names modules; `from module import
+            # x` names the module itself.
+            names = [node.module] + [
+                f"{node.module}.{a.name}" for a in node.names]
         for name in names:
-            parts = name.split(".")
-            if parts[0] == PACKAGE and len(parts) > 1:
-                local.add(parts[1])
-            elif parts[0] == "tests" and len(parts) > 1:
-                local.add(f"tests/{parts[1]}")
-            elif parts[0] == "launchers" and len(parts) > 1:
-                local.add(f"launchers/{parts[1]}")
-            elif parts[0] in THIRD_PARTY:
-                external.add(THIRD_PARTY[parts[0]])
+            top = name.split(".")[0]
+            if top in (PACKAGE, "tests", "launchers", "tools"):
+                found = _local(name)
+                if found and not found.endswith("__init__.py"):
+                    local.add(found)
+            elif top in THIRD_PARTY:
+                external.add(THIRD_PARTY[top])
     return local, external
 
 
-def _modules():
-    pkg = os.path.join(ROOT, PACKAGE)
-    return sorted(f[:-3] for f in os.listdir(pkg)
-                  if f.endswith(".py") and f != "__init__.py")
-
-
 def _files(folder, prefix=""):
-    path = os.path.join(ROOT, folder)
-    return sorted(f[:-3] for f in os.listdir(path)
-                  if f.endswith(".py") and f.startswith(prefix)
-                  and f != "__init__.py")
+    """.py files under a folder (recursively), relative to the root."""
+    out = []
+    for dirpath, _, names in os.walk(os.path.join(ROOT, folder)):
+        for f in names:
+            if (f.endswith(".py") and f.startswith(prefix)
+                    and f not in ("__init__.py", "conftest.py")):
+                out.append(os.path.relpath(os.path.join(dirpath, f), ROOT))
+    return sorted(out)
 
 
-def _deps(local, external, modules, self_name=None):
-    deps = []
-    for name in sorted(local):
-        if name in modules and name != self_name:
-            deps.append(f'":{name}"')
-        elif name.startswith(("tests/", "launchers/")):
-            folder, base = name.split("/")
-            label = f"{folder}_{base}" if folder == "launchers" else base
-            deps.append(f'":{label}"')
+def _deps(local, external, self_path=None):
+    deps = sorted(f'":{_target(p)}"' for p in local if p != self_path)
     deps += [f'requirement("{d}")' for d in sorted(external)]
     return deps
 
@@ -106,37 +115,42 @@ def _rule(kind, name, srcs, deps, extra=()):
     return "\n".join(lines)
 
 
+def _data(path):
+    """Data files a library reads (package data beside the module)."""
+    folder = os.path.dirname(os.path.join(ROOT, path))
+    return [os.path.relpath(os.path.join(folder, f), ROOT)
+            for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+
+
 def generate():
-    modules = _modules()
     rules = []
-    for m in modules:
-        local, ext = _imports(os.path.join(ROOT, PACKAGE, f"{m}.py"))
-        extra = (['data = ["tf_amended_darts/published_genotypes.json"]']
-                 if m == "genotype" else [])
-        rules.append(_rule("py_library", m,
-                           f'["{PACKAGE}/{m}.py"]',
-                           _deps(local, ext, modules, m), extra))
-    for t in _files("tests", "test_"):
-        local, ext = _imports(os.path.join(ROOT, "tests", f"{t}.py"))
-        size = '"large"' if t in SLOW_TESTS else '"medium"'
-        rules.append(_rule("py_test", t, f'["tests/{t}.py"]',
-                           _deps(local, ext, modules),
-                           [f"size = {size}"]))
-    for t in _files("tests"):
-        if not t.startswith("test_"):
-            local, ext = _imports(os.path.join(ROOT, "tests", f"{t}.py"))
-            rules.append(_rule("py_library", t, f'["tests/{t}.py"]',
-                               _deps(local, ext, modules)))
+    for path in _files(PACKAGE):
+        local, ext = _imports(os.path.join(ROOT, path))
+        data = _data(path) if path.endswith(DATA_READERS) else []
+        extra = [f"data = {data}".replace("'", '"')] if data else []
+        rules.append(_rule("py_library", _target(path), f'["{path}"]',
+                           _deps(local, ext, path), extra))
+    for path in _files("tests"):
+        local, ext = _imports(os.path.join(ROOT, path))
+        if os.path.basename(path).startswith("test_"):
+            base = os.path.basename(path)[:-3]
+            size = '"large"' if base in SLOW_TESTS else '"medium"'
+            rules.append(_rule("py_test", _target(path), f'["{path}"]',
+                               _deps(local, ext), [f"size = {size}"]))
+        else:
+            rules.append(_rule("py_library", _target(path), f'["{path}"]',
+                               _deps(local, ext, path)))
     for folder in BINARY_FOLDERS:
-        for b in _files(folder):
-            local, ext = _imports(os.path.join(ROOT, folder, f"{b}.py"))
-            rules.append(_rule("py_binary", f"{folder}_{b}",
-                               f'["{folder}/{b}.py"]',
-                               _deps(local, ext, modules),
-                               [f'main = "{folder}/{b}.py"']))
+        for path in _files(folder):
+            local, ext = _imports(os.path.join(ROOT, path))
+            rules.append(_rule("py_binary", _target(path), f'["{path}"]',
+                               _deps(local, ext, path),
+                               [f'main = "{path}"']))
     return HEADER + "\n" + "\n\n".join(rules) + "\n"
 
 
+# Modules that read package data beside them.
+DATA_READERS = ("vision/genotype.py",)
 BINARY_FOLDERS = ("launchers", "tools")
 SLOW_TESTS = {"test_resume", "test_search_launcher"}
 

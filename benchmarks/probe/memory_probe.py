@@ -24,7 +24,7 @@ ROOT = os.path.dirname(
 sys.path.insert(0, ROOT)
 from probe_setup import search_step  # noqa: E402
 
-from tf_amended_darts import bilevel  # noqa: E402
+from tf_amended_darts.core import bilevel  # noqa: E402
 
 
 def rss():

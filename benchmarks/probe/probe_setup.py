@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import engine
-from tf_amended_darts.supernet import SearchNetwork
+from tf_amended_darts.core import engine
+from tf_amended_darts.vision.supernet import SearchNetwork
 
 
 def search_step(arch, hvp, layers, channels, size, batch, grappler=False):

@@ -3,7 +3,7 @@
 
 import tensorflow as tf
 
-from tf_amended_darts.bilevel import (
+from tf_amended_darts.core.bilevel import (
     _identity,
     _zeros_for_none,
     hvp_exact,

@@ -1,0 +1,164 @@
+"""The search launcher end to end on tiny configurations."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from absl import flags
+
+from tests.helpers import REPO_ROOT
+from tf_amended_darts.jobs import search_config
+from tf_amended_darts.vision import genotype as G
+
+TINY = [
+    "--dataset=digits", "--image_size=8", "--space=s3", "--layers=3",
+    "--init_channels=4", "--batch_size=8", "--epochs=2",
+    "--steps_per_epoch=2", "--verbose=0", "--arch_lr=0.01",
+]
+
+
+def _flag_values(args):
+    fv = flags.FlagValues()
+    search_config.define_flags(fv)
+    fv(["search"] + args)
+    return fv
+
+
+def _run(args):
+    from launchers import search as launcher
+
+    fv = _flag_values(args)
+    return launcher.run_search(fv)
+
+
+def test_search_writes_the_run_directory(tmp_path):
+    d = tmp_path / "run"
+    genotype = _run(TINY + [f"--model_dir={d}", "--arch_grad=amended"])
+    assert G.load(str(d / "genotype.json")) == genotype
+    for name in ("config.json", "flags.txt", "genotype_normal.png",
+                 "genotype_reduce.png", "arch_history.npz", "metrics.csv",
+                 "genotypes/epoch_001.json", "genotypes/epoch_002.json"):
+        assert (d / name).exists(), name
+    history = np.load(d / "arch_history.npz")
+    assert list(history["epoch"]) == [1, 2]
+    assert history["normal"].shape == (2, 14, 3)
+    assert os.listdir(d / "tensorboard" / "search")
+    ckpts = sorted(os.listdir(d / "checkpoints"))
+    assert ckpts == ["ckpt-0001.weights.h5", "ckpt-0002.weights.h5"]
+    config = json.loads((d / "config.json").read_text())
+    assert config["arch_grad"] == "amended" and config["space"] == "s3"
+    flags_txt = (d / "flags.txt").read_text()
+    assert "--arch_grad=amended" in flags_txt
+
+
+def test_rerun_of_a_finished_search_resumes_and_trains_no_more(tmp_path):
+    d = tmp_path / "run"
+    first = _run(TINY + [f"--model_dir={d}", "--arch_grad=first_order",
+                         "--epochs=1"])
+    mtime = (d / "checkpoints" / "ckpt-0001.weights.h5").stat().st_mtime
+    again = _run(TINY + [f"--model_dir={d}", "--arch_grad=first_order",
+                         "--epochs=1"])
+    assert first == again
+    assert (d / "checkpoints" / "ckpt-0001.weights.h5").stat().st_mtime \
+        == mtime
+
+
+def test_searched_edges_run_both_stages(tmp_path):
+    d = tmp_path / "run"
+    genotype = _run(TINY + [f"--model_dir={d}", "--edges=searched",
+                            "--arch_grad=first_order", "--epochs=1"])
+    pairs = json.loads((d / "stage1_pairs.json").read_text())
+    assert set(pairs) == {"normal", "reduce"}
+    assert G.load(str(d / "stage1" / "genotype.json"))
+    assert G.load(str(d / "stage2" / "genotype.json")) == genotype
+    # Stage 2 searched exactly the kept pairs.
+    for j, pair in enumerate(pairs["normal"]):
+        assert sorted(i for _, i in genotype.normal[2 * j:2 * j + 2]) \
+            == sorted(pair)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--arch_grad=third"], "--arch_grad"),
+    (["--eta=-1"], "--eta"),
+    (["--space=s9"], "--space.*s1, s2, s3"),
+    (["--edges=all"], "--edges.*pruned, fixed, searched"),
+    (["--dataset=mnist"], "--dataset.*digits, cifar10, imagenet"),
+    (["--train_portion=1.5"], "--train_portion"),
+    (["--layers=2"], "--layers"),
+    (["--init_channels=5"], "--init_channels"),
+    (["--operators=conv_9x9"], "--operators"),
+    (["--batch_size=0"], "--batch_size"),
+])
+def test_bad_flags_are_named(tmp_path, args, match):
+    fv = _flag_values(TINY + [f"--model_dir={tmp_path}"] + args)
+    with pytest.raises(ValueError, match=match):
+        search_config.from_flags(fv)
+
+
+def test_missing_cifar10_fails_fast_with_instructions(tmp_path):
+    from tf_amended_darts.jobs import search
+    from tf_amended_darts.vision import data
+
+    config = search_config.from_flags(_flag_values(
+        [f"--model_dir={tmp_path / 'run'}", "--dataset=cifar10",
+         f"--data_dir={tmp_path / 'empty'}"]))
+    with pytest.raises(data.DatasetNotFoundError, match="--data_dir"):
+        search.run(config)
+
+
+def test_cifar10_search_through_tfds_mock(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=64):
+        genotype = _run([
+            "--dataset=cifar10", "--space=s3", "--layers=3",
+            "--init_channels=4", "--batch_size=8", "--epochs=1",
+            "--steps_per_epoch=1", "--verbose=0", "--arch_grad=first_order",
+            f"--model_dir={tmp_path / 'run'}"])
+    assert len(genotype.normal) == 8
+
+
+SEARCH_FLAGFILES = sorted(
+    f for f in os.listdir(os.path.join(REPO_ROOT,
+                                       "flags"))
+    if f.endswith(".cfg") and not f.startswith(("retrain", "base")))
+
+
+@pytest.mark.parametrize("name", SEARCH_FLAGFILES)
+def test_every_search_flagfile_is_a_valid_config(name, tmp_path,
+                                                 monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    fv = _flag_values([f"--flagfile=flags/{name}",
+                       f"--model_dir={tmp_path}"])
+    config = search_config.from_flags(fv)
+    space = config.search_space()
+    if name.startswith("s2"):
+        assert (space.layers, space.init_channels) == (20, 36)
+        assert not space.shared_per_cell_type
+    if name == "table1_ablation_no_amending.cfg":
+        assert config.eta == 0 and config.epochs == 200
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    from tf_amended_darts.jobs import callbacks
+
+    d = tmp_path / "run"
+    base = TINY + [f"--model_dir={d}", "--arch_grad=first_order"]
+    _run(base + ["--epochs=1"])
+    ckpt = d / "checkpoints" / "ckpt-0001.weights.h5"
+    before = ckpt.read_bytes()
+    with pytest.raises(callbacks.NonFiniteError, match="loss"):
+        _run(base + ["--epochs=2", "--weight_lr=1e30", "--grad_clip=0"])
+    assert ckpt.read_bytes() == before
+    assert not (d / "checkpoints" / "ckpt-0002.weights.h5").exists()
+
+
+def test_glibc_returns_freed_memory():
+    import platform
+
+    from tf_amended_darts.jobs import search
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert search.return_freed_memory()

@@ -1,0 +1,392 @@
+"""Runs an architecture search from a `SearchConfig`: the launcher's library.
+
+Run directory (``--model_dir``)::
+
+    flags.txt, config.json       resolved flags and config
+    genotype.json (+ PNGs)       the final genotype (of stage 2 for
+                                 --edges=searched)
+    checkpoints/                 one atomic checkpoint per epoch
+    genotypes/, arch_history.npz, metrics.csv, tensorboard/search/
+                                 per-epoch artefacts (callbacks.py)
+    stage1/, stage2/             the same, per stage, for --edges=searched
+
+Resuming: rerunning the same command finds the newest checkpoint and goes on
+from the epoch after it; a finished stage is not rerun. Each epoch's data
+pipeline is built from ``(seed, epoch)``, so a resumed run sees the same
+batches as an uninterrupted one.
+
+Distribution (``--strategy``, ``--num_gpus``; `distribute.make_strategy`):
+``--batch_size`` is the global batch of each half, split evenly over the
+replicas; the model and its optimisers are built in the strategy's scope.
+``default`` and ``mirrored`` train with ``fit``; ``multi_worker`` with
+`distribute.custom_fit` (Keras' ``fit`` fails under it), with one process
+per worker (launch: `distribute` module docstring). Every worker computes
+the same updates; only the chief writes the run directory, and every
+worker resumes from the chief's checkpoints in the shared ``--model_dir``.
+
+Consistency (``--consistency``, or ``--auxiliary`` / ``--drop_path_prob``
+/ ``--cutout`` one by one; `search_config`): the supernet gets the auxiliary
+head, whose loss (times ``--auxiliary_weight``) is part of both the training
+and the validation loss of the bi-level problem, and drop-path on every
+candidate operator but identity, ramped linearly from 0 at each stage's
+first epoch to ``--drop_path_prob`` (`network.DropPathSchedule`). Within one
+search step every pass of the architecture step (the validation pass and
+the estimator's products on the training batch) and the weight step use the
+same drop-path masks (the masks are a function of the seed state, which
+only the weight step advances): ``H``, ``D`` and ``v`` are derivatives of
+one function, and the weights are trained on the sub-network whose
+architecture gradient was just taken.
+"""
+
+import ctypes
+import json
+import os
+import shutil
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from tf_amended_darts.core import distribute, engine
+from tf_amended_darts.core.optimizers import (
+    EpochCosineDecay,
+    TorchAdam,
+    TorchSGD,
+)
+from tf_amended_darts.jobs import callbacks, precision
+from tf_amended_darts.vision import data
+from tf_amended_darts.vision import genotype as G
+from tf_amended_darts.vision.network import DropPathSchedule
+from tf_amended_darts.vision.supernet import SearchNetwork
+
+PAIRS_FILE = "stage1_pairs.json"
+# glibc mallopt(3) parameters (malloc.h) and the value set for both: with
+# glibc's dynamic mmap threshold, freed activation-sized blocks stay in the
+# heap; at 64 KiB the 3-cell amended exact step peaked at 5.4 GB instead of
+# 6.0 GB (benchmarks/s1_cpu.md, section 2).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MALLOC_THRESHOLD_BYTES = 64 * 1024
+
+
+class SearchResult(NamedTuple):
+    """What `run_search` returns.
+
+    Attributes:
+        genotype: the final `genotype.Genotype`.
+        network: the final stage's `SearchNetwork` (trained).
+    """
+
+    genotype: G.Genotype
+    network: SearchNetwork
+
+
+def _data(config, epoch):
+    return data.search_datasets(
+        config.dataset,
+        config.batch_size,
+        config.train_portion,
+        data_dir=config.data_dir,
+        seed=config.seed,
+        cutout=config.cutout,
+        image_size=config.image_size or None,
+        epoch=epoch,
+    )
+
+
+def _search_network(
+    config, space, num_classes, image_size, edges, stage, node_inputs
+):
+    """The built `SearchNetwork` of one stage."""
+    network = SearchNetwork(
+        num_classes,
+        operators=space.operators,
+        layers=space.layers,
+        init_channels=space.init_channels,
+        edges=edges or config.edges,
+        stage=stage,
+        node_inputs=node_inputs,
+        shared=space.shared_per_cell_type,
+        steps=space.steps,
+        multiplier=space.multiplier,
+        arch_init_scale=config.arch_init_scale,
+        seed=config.seed,
+        auxiliary=config.auxiliary,
+        drop_path_prob=config.drop_path_prob,
+        dtype=config.dtype_policy,
+    )
+    try:
+        network.build((None, image_size, image_size, 3))
+    except (ValueError, ZeroDivisionError) as err:
+        if not config.auxiliary:
+            raise
+        raise ValueError(
+            f"Invalid --image_size={config.image_size} ({image_size}x"
+            f"{image_size} images of --dataset={config.dataset}) for "
+            f"--auxiliary: the auxiliary head (after cell "
+            f"{network.aux_index}) needs at least 8x8 features, i.e. 32x32 "
+            "images; use --image_size=32 or --noauxiliary. "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    return network
+
+
+def build_search(
+    config,
+    num_classes,
+    steps_per_epoch,
+    image_size,
+    edges=None,
+    stage=1,
+    node_inputs=None,
+):
+    """The `BilevelSearch` model of one stage, compiled."""
+    # Cells create their layers without `dtype`: they take the global
+    # policy, set while the network is made (--dtype_policy).
+    with precision.dtype_policy(config.dtype_policy):
+        network = _search_network(
+            config,
+            config.search_space(),
+            num_classes,
+            image_size,
+            edges,
+            stage,
+            node_inputs,
+        )
+    search = engine.BilevelSearch(
+        network,
+        arch_grad=config.arch_grad,
+        eta=config.eta,
+        hvp=config.hvp,
+        aux_weight=config.auxiliary_weight if config.auxiliary else 0.0,
+    )
+    schedule = EpochCosineDecay(
+        config.weight_lr, config.weight_lr_min, config.epochs, steps_per_epoch
+    )
+    search.compile(
+        weight_optimizer=TorchSGD(
+            schedule,
+            config.momentum,
+            config.weight_decay,
+            global_clipnorm=config.grad_clip or None,
+        ),
+        arch_optimizer=TorchAdam(
+            config.arch_lr,
+            config.arch_beta1,
+            config.arch_beta2,
+            coupled_weight_decay=config.arch_weight_decay,
+        ),
+    )
+    return search
+
+
+def run_stage(
+    config, stage_dir, edges=None, stage=1, node_inputs=None, strategy=None
+):
+    """Searches one stage in ``stage_dir``, resuming.
+
+    Args:
+        config: the `SearchConfig`.
+        stage_dir: the stage's run directory.
+        edges: edge layout (default ``config.edges``).
+        stage: 1 or 2 (``searched`` edges).
+        node_inputs: stage 2's kept pairs.
+        strategy: a `tf.distribute.Strategy` (default: the current one).
+
+    Returns:
+        ``(network, genotype)``: the trained `SearchNetwork` and the
+        genotype derived from it (written to ``stage_dir`` by the chief).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
+    if chief:
+        os.makedirs(stage_dir, exist_ok=True)
+    _, steps, info = _data(config, 0)
+    if config.steps_per_epoch:
+        steps = min(steps, config.steps_per_epoch)
+    with strategy.scope():
+        search = build_search(
+            config,
+            info.num_classes,
+            steps,
+            info.image_size,
+            edges,
+            stage,
+            node_inputs,
+        )
+    network = search.network
+    start, checkpointer = distribute.restore(
+        search,
+        os.path.join(stage_dir, "checkpoints"),
+        config.keep_checkpoints,
+        strategy,
+    )
+    if start:
+        print(f"Resuming {stage_dir} after epoch {start}.")
+    fit_callbacks = [callbacks.NonFiniteGuard(model_dir=stage_dir)]
+    if config.drop_path_prob:
+        # Ramped per stage over its epochs, as re-training ramps it.
+        fit_callbacks.append(
+            DropPathSchedule(config.drop_path_prob, config.epochs)
+        )
+    artifacts = None
+    if chief:
+        artifacts = callbacks.SearchArtifacts(
+            network,
+            stage_dir,
+            tensorboard=config.tensorboard,
+            initial_epoch=start,
+        )
+        fit_callbacks.append(artifacts)
+    multi_worker = distribute.is_multi_worker(strategy)
+    for epoch in range(start, config.epochs):
+        pairs, _, _ = _data(config, epoch)
+        fit_args = dict(
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=steps,
+            verbose=config.verbose,
+            callbacks=fit_callbacks,
+        )
+        if multi_worker:
+            distribute.custom_fit(search, pairs, **fit_args)
+        else:
+            search.fit(pairs, **fit_args)
+        if chief:
+            checkpointer.save(epoch + 1)
+    genotype = network.genotype(
+        metadata={
+            "epochs": config.epochs,
+            "arch_grad": config.arch_grad,
+            "eta": config.eta,
+            "space": config.space,
+            "edges": config.edges,
+            "stage": stage,
+        }
+    )
+    if chief:
+        artifacts.close()
+        _write_final(genotype, stage_dir)
+    return network, genotype
+
+
+def _write_final(genotype, directory):
+    from tf_amended_darts.vision import visualize
+
+    G.save(genotype, os.path.join(directory, "genotype.json"))
+    visualize.plot_genotype(genotype, os.path.join(directory, "genotype"))
+
+
+def set_up(config):
+    """Builds the strategy, then seeds and configures TensorFlow.
+
+    The strategy comes first: ``multi_worker`` must be created before any
+    other TensorFlow work of the process.
+
+    Returns:
+        The `tf.distribute.Strategy` of ``--strategy``.
+
+    Raises:
+        ValueError: naming ``--strategy``, ``--num_gpus`` or
+            ``--batch_size`` (not a multiple of the replica count).
+    """
+    strategy = distribute.make_strategy(config.strategy, config.num_gpus)
+    distribute.per_replica_batch_size(config.batch_size, strategy)
+    return_freed_memory()
+    keras.utils.set_random_seed(config.seed)
+    if not config.grappler:
+        tf.config.optimizer.set_experimental_options(
+            {"disable_meta_optimizer": True}
+        )
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return strategy
+
+
+def return_freed_memory():
+    """Makes glibc return freed large blocks to the system (Linux only).
+
+    Sets the mmap and trim thresholds to `MALLOC_THRESHOLD_BYTES`, as the
+    environment variables ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` would at start-up. A no-op elsewhere.
+
+    Returns:
+        True when glibc accepted both settings.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(
+        mallopt(parameter, MALLOC_THRESHOLD_BYTES) == 1
+        for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
+    )
+
+
+def run_search(config, strategy):
+    """Runs the whole search under ``strategy`` (from `set_up`).
+
+    Returns:
+        A `SearchResult`: the final genotype and network.
+    """
+    chief = distribute.is_chief(strategy)
+    if chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+        G.atomic_write(
+            os.path.join(config.model_dir, "config.json"), config.to_json()
+        )
+    if config.edges != "searched":
+        network, genotype = run_stage(
+            config, config.model_dir, strategy=strategy
+        )
+        final_dir = config.model_dir
+    else:
+        pairs_path = os.path.join(config.model_dir, PAIRS_FILE)
+        stage1 = os.path.join(config.model_dir, "stage1")
+        if not os.path.exists(pairs_path):
+            network, _ = run_stage(
+                config, stage1, "searched", 1, strategy=strategy
+            )
+            # Through JSON, as a resumed run reads them.
+            pairs = json.loads(json.dumps(network.stage1_pairs()))
+            if chief:
+                G.atomic_write(pairs_path, json.dumps(pairs))
+        else:
+            with open(pairs_path) as f:
+                pairs = json.load(f)
+        keras.utils.set_random_seed(config.seed + 1)
+        stage2 = os.path.join(config.model_dir, "stage2")
+        network, genotype = run_stage(
+            config,
+            stage2,
+            "searched",
+            2,
+            _node_inputs(pairs, config),
+            strategy=strategy,
+        )
+        final_dir = stage2
+    if not chief:
+        return SearchResult(genotype, network)
+    genotype = G.load(os.path.join(final_dir, "genotype.json"))
+    if final_dir != config.model_dir:
+        for name in os.listdir(final_dir):
+            if name.startswith("genotype") and "." in name:
+                shutil.copyfile(
+                    os.path.join(final_dir, name),
+                    os.path.join(config.model_dir, name),
+                )
+    return SearchResult(genotype, network)
+
+
+def run(config):
+    """Runs the whole search; returns the final `genotype.Genotype`."""
+    return run_search(config, set_up(config)).genotype
+
+
+def _node_inputs(pairs, config):
+    """Stage-1 pairs as the stage-2 network's ``node_inputs``."""
+    pairs = {k: [list(p) for p in v] for k, v in pairs.items()}
+    if config.search_space().shared_per_cell_type:
+        return pairs
+    return [pairs[f"cell_{i}"] for i in range(len(pairs))]
