@@ -13,7 +13,10 @@ setup(
         "second-order architecture gradient, in Keras 3 / TensorFlow 2."
     ),
     packages=find_packages(include=["tf_amended_darts", "tf_amended_darts.*"]),
-    package_data={"tf_amended_darts.vision": ["published_genotypes.json"]},
+    package_data={
+        "tf_amended_darts.vision": ["published_genotypes.json"],
+        "tf_amended_darts.language": ["published_genotypes.json"],
+    },
     python_requires=">=3.10",
     install_requires=[
         "tensorflow-cpu==2.21.0; platform_machine=='x86_64'",

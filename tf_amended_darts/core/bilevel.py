@@ -16,9 +16,10 @@ Estimators (``--arch_grad``):
 
 * ``first_order``:  ``g1``.
 * ``second_order``: DARTS' unrolled gradient. With the virtual step
-  ``w' = w - xi (mu buf + grad_w L_train(w, a) + wd w)`` it is the exact
+  ``w' = w - xi (mu buf + c grad_w L_train(w, a) + wd w)`` (``c`` the
+  optional clip coefficient of `VirtualStep`, a constant) it is the exact
   derivative of ``L_val(w'(a), a)``:
-  ``grad_a L_val(w', a) - xi D(w) . grad_w' L_val(w', a)``. The mixed product
+  ``grad_a L_val(w', a) - xi c D(w) . grad_w' L_val(w', a)``. The mixed product
   is taken at ``w`` (where the virtual step's gradient is taken), as the
   reference ``architect.py`` does; method.md's ``D(w')`` is a notational
   slip: the tests check the estimator against autodiff through the unroll.
@@ -190,23 +191,40 @@ def mixed_finite_difference(loss_fn: LossFn, w, a, u):
 
 @dataclasses.dataclass
 class VirtualStep:
-    """What DARTS' virtual step ``w' = w - xi (mu buf + g + wd w)`` reads.
+    """What DARTS' virtual step ``w' = w - xi (mu buf + c g + wd w)`` reads.
 
     Attributes:
         learning_rate: ``xi``, the weight optimiser's current learning rate.
         momentum: ``mu`` (PyTorch units).
         momentum_buffers: the optimiser's buffers, one per weight.
         weight_decay: coupled L2 coefficient ``wd``.
+        grad_clip_norm: when set, the gradient is clipped to this global
+            norm first: ``c = min(1, clip / (||g|| + 1e-6))``, held constant
+            (DARTS' recurrent ``architect.py`` clips its virtual step's
+            gradient at 0.25 and scales the mixed product by ``c``; the
+            CNN's does not clip). None: ``c = 1``.
     """
 
     learning_rate: tf.Tensor
     momentum: float = 0.0
     momentum_buffers: Optional[list] = None
     weight_decay: float = 0.0
+    grad_clip_norm: Optional[float] = None
+
+    def clip_coefficient(self, grad_w):
+        """``c`` for the gradient ``grad_w`` (a constant of the step)."""
+        dtype = grad_w[0].dtype
+        if not self.grad_clip_norm:
+            return tf.ones((), dtype)
+        norm = tf.stop_gradient(global_norm(grad_w))
+        clip = as_dtype(self.grad_clip_norm, dtype)
+        return tf.minimum(tf.ones((), dtype), clip / (norm + 1e-6))
 
     def apply(self, w, grad_w):
         """``w'`` from the weights and ``grad_w L_train(w, a)``."""
         out = []
+        if self.grad_clip_norm:
+            grad_w = scale(self.clip_coefficient(grad_w), grad_w)
         for i, (x, g) in enumerate(zip(w, grad_w, strict=True)):
             direction = g + as_dtype(self.weight_decay, x.dtype) * x
             if self.momentum_buffers is not None and self.momentum:
@@ -316,18 +334,19 @@ def _second_order(train_loss, val_loss, w, a, hvp, step, reduce_mean):
                 inner.watch(w)
                 loss_t = train_loss(w, a)
             gw = _zeros_for_none(inner.gradient(loss_t, w), w)
-        w_virtual = step.apply(
-            w, reduce_mean([tf.stop_gradient(g) for g in gw])
-        )
+        gw_mean = reduce_mean([tf.stop_gradient(g) for g in gw])
+        w_virtual = step.apply(w, gw_mean)
         loss, v, g1 = loss_and_grads(val_loss, w_virtual, a)
         v = reduce_mean(v)
         dv = _zeros_for_none(outer.gradient(gw, a, output_gradients=v), a)
     else:
         _, gw, _ = loss_and_grads(train_loss, w, a)
-        w_virtual = step.apply(w, reduce_mean(gw))
+        gw_mean = reduce_mean(gw)
+        w_virtual = step.apply(w, gw_mean)
         loss, v, g1 = loss_and_grads(val_loss, w_virtual, a)
         v = reduce_mean(v)
         dv = mixed_finite_difference(train_loss, w, a, v)
-    g2 = scale(-xi, dv)
+    # d w'/d a = -xi c D (c: the clip coefficient, 1 without clipping).
+    g2 = scale(-xi * step.clip_coefficient(gw_mean), dv)
     total = [x + y for x, y in zip(g1, g2, strict=True)]
     return EstimatorResult(total, g1, g2, loss)

@@ -15,6 +15,16 @@ the extra passes of ``second_order`` and ``amended`` (virtual step,
 perturbed weights, products) never touch them, and the moving statistics
 evolve identically under every estimator given the same weights.
 
+State carried across steps (recurrent networks): a network may expose
+``validation_state_variables``, non-trainable variables that its
+validation pass writes (a language model's hidden state of the validation
+stream, carried from batch to batch). The architecture step keeps what
+the first validation pass of the estimator wrote to them (at ``w`` for
+``first_order`` and ``amended``, at the virtual ``w'`` for
+``second_order``, as DARTS' recurrent ``architect.py`` returns the hidden
+state of that pass) and discards every other value its passes compute.
+Networks without the attribute are unaffected.
+
 Distribution (`distribute.py` builds the strategy; ``train_step`` runs in
 replica context, under ``fit`` or `distribute.custom_fit`): an update with
 R replicas equals the one-replica update on the same global batch, for
@@ -107,6 +117,10 @@ class BilevelSearch(keras.Model):
         sync_batch_norm: under several replicas, training-mode batch norms
             (`layers.BatchNorm` built with ``synchronized=None``) use the
             statistics of the global batch (see the module docstring).
+        virtual_step_clip_norm: ``second_order`` only: clip the virtual
+            step's gradient to this global norm (`bilevel.VirtualStep`;
+            DARTS' recurrent search does, at 0.25); None: no clipping
+            (DARTS' CNN search).
         **kwargs: passed to `keras.Model`.
 
     Reference: DARTS ``train_search.py`` / ``architect.py`` (step order and
@@ -123,9 +137,18 @@ class BilevelSearch(keras.Model):
         classification=True,
         aux_weight=0.0,
         sync_batch_norm=True,
+        virtual_step_clip_norm=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if virtual_step_clip_norm is not None and not (
+            float(virtual_step_clip_norm) > 0
+        ):
+            raise ValueError(
+                "Expected `virtual_step_clip_norm` > 0 or None. Received: "
+                f"virtual_step_clip_norm={virtual_step_clip_norm!r}"
+            )
+        self.virtual_step_clip_norm = virtual_step_clip_norm
         bilevel.validate_estimator(arch_grad, eta, hvp)
         self.network = network
         self.arch_grad = arch_grad
@@ -269,11 +292,12 @@ class BilevelSearch(keras.Model):
             # Batch statistics, no moving-statistic updates (they would be
             # discarded): a smaller graph.
             with layers.frozen_statistics():
-                outputs, _ = self.network.stateless_call(
+                outputs, non_trainable_out = self.network.stateless_call(
                     values, non_trainable, x, training=True
                 )
             if record is not None and "outputs" not in record:
                 record["outputs"] = outputs
+                record["non_trainable"] = non_trainable_out
             return self.compute_search_loss(y, outputs)
 
         return loss_fn
@@ -290,14 +314,25 @@ class BilevelSearch(keras.Model):
                 else None
             ),
             weight_decay=getattr(opt, "coupled_weight_decay", 0.0),
+            grad_clip_norm=self.virtual_step_clip_norm,
         )
 
     # -- one search step ------------------------------------------------------
 
-    def arch_gradient(self, train_batch, val_batch):
-        """The estimator's `bilevel.EstimatorResult` at the current values."""
+    def arch_gradient(self, train_batch, val_batch, record=None):
+        """The estimator's `bilevel.EstimatorResult` at the current values.
+
+        Args:
+            train_batch: ``(x_t, y_t)``.
+            val_batch: ``(x_v, y_v)``.
+            record: optional dict; receives the first validation pass's
+                ``outputs`` and ``non_trainable`` values.
+
+        Returns:
+            ``(result, outputs of the first validation pass)``.
+        """
         (x_t, y_t), (x_v, y_v) = train_batch, val_batch
-        record = {}
+        record = {} if record is None else record
         weights = [v.value for v in self.weight_variables]
         arch = [v.value for v in self.arch_variables]
         result = bilevel.estimate(
@@ -325,10 +360,14 @@ class BilevelSearch(keras.Model):
 
     def _train_step(self, data):
         train_batch, val_batch = unpack_pairs(data)
-        result, val_outputs = self.arch_gradient(train_batch, val_batch)
+        record = {}
+        result, val_outputs = self.arch_gradient(
+            train_batch, val_batch, record
+        )
         distribute.apply_mean_gradients(
             self.arch_optimizer, result.arch_grads, self.arch_variables
         )
+        self._keep_validation_state(record.get("non_trainable"))
 
         x_t, y_t = train_batch
         lr = ops.convert_to_tensor(
@@ -356,6 +395,23 @@ class BilevelSearch(keras.Model):
         logs["lr"] = lr
         return logs
 
+    def _keep_validation_state(self, values):
+        """Assigns the validation pass's values of the carried state."""
+        carried = getattr(self.network, "validation_state_variables", None)
+        if not carried or values is None:
+            return
+        index = {
+            id(v): i
+            for i, v in enumerate(self.network.non_trainable_variables)
+        }
+        for variable in carried:
+            if id(variable) not in index:
+                raise ValueError(
+                    f"`validation_state_variables` holds {variable.path}, "
+                    "which is not a non-trainable variable of the network."
+                )
+            variable.assign(values[index[id(variable)]])
+
     def test_step(self, data):
         x, y = data
         outputs = self.network(x, training=False)
@@ -377,6 +433,7 @@ class BilevelSearch(keras.Model):
             classification=self.classification,
             aux_weight=self.aux_weight,
             sync_batch_norm=self.sync_batch_norm,
+            virtual_step_clip_norm=self.virtual_step_clip_norm,
         )
         return config
 

@@ -17,16 +17,15 @@ is `derive.py`. This module has no TensorFlow import.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import importlib.resources
 import json
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
+from tf_amended_darts.core import jsonio
 from tf_amended_darts.vision import search_space
 from tf_amended_darts.vision.search_space import _invalid
 
@@ -327,14 +326,15 @@ def from_dict(data, operators=None, require_header: bool = True) -> Genotype:
     if not isinstance(data, Mapping):
         raise _invalid("genotype", "a JSON object", data)
     _reject_unknown("genotype", data, _TOP_FIELDS)
+    if data.get("kind") == "recurrent":
+        raise _invalid(
+            "kind",
+            "a convolutional-cell genotype (a recurrent one is read by "
+            "tf_amended_darts.language.genotype, --task=ptb)",
+            data["kind"],
+        )
     if require_header or "format" in data or "version" in data:
-        _require("format", data, "format", repr(GENOTYPE_FORMAT))
-        _require("version", data, "version", f"one of {SUPPORTED_VERSIONS}")
-        if data.get("format") != GENOTYPE_FORMAT:
-            raise _invalid("format", repr(GENOTYPE_FORMAT), data.get("format"))
-        version = data.get("version")
-        if not _is_int(version) or version not in SUPPORTED_VERSIONS:
-            raise _invalid("version", f"one of {SUPPORTED_VERSIONS}", version)
+        jsonio.check_header(data, GENOTYPE_FORMAT, SUPPORTED_VERSIONS)
     metadata = data.get("metadata")
     if "cells" in data:
         present = [f for f in _SHARED_FIELDS if f in data]
@@ -403,40 +403,8 @@ def from_json(text: str, operators=None) -> Genotype:
 
 
 def atomic_write(path, data) -> None:
-    """Writes a file so that readers see the old or the new content only.
-
-    Writes a temporary file in the same directory, fsyncs it, then
-    ``os.replace``-s it over ``path``. Parent directories are created.
-
-    Args:
-        path: destination file.
-        data: ``bytes`` or ``str`` (UTF-8 encoded).
-    """
-    path = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # Persist the rename (POSIX only).
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """Writes a file atomically (`core.jsonio.atomic_write`)."""
+    jsonio.atomic_write(path, data)
 
 
 def save(genotype: Genotype, path) -> None:
