@@ -10,8 +10,10 @@ time steps at once, outside the loop (``x W0[:E]`` has no recurrence).
 
 One time step (``space`` module docstring)::
 
-    (c0, h0) = [x_t * mx, h_{t-1} * mh] W0;  s0 = h + sigmoid(c0) (tanh(h0) - h)
-    (c, h)   = (s_j * mh) W_i;               s_{i+1} = s_j + sigmoid(c) (op(h) - s_j)
+    (c0, h0) = [x_t * mx, h_{t-1} * mh] W0
+    s0       = h + sigmoid(c0) (tanh(h0) - h)
+    (c, h)   = (s_j * mh) W_i
+    s_{i+1}  = s_j + sigmoid(c) (op(h) - s_j)
     h_t      = mean(s_k for k in concat)
 
 ``mx`` and ``mh`` are the variational dropout masks of the input and of the
@@ -289,13 +291,25 @@ class SearchCell(_CellBase):
             name="moving_variance",
         )
 
-    def step(self, xw_t, h, probs, h_mask=None, stats=None, moving=None):
+    def node_weights(self, probs):
+        """Per node: the operator weights ``[i + 1, ops]`` of its active
+        operators and their total ``[i + 1, 1, 1]`` (computed once per
+        sequence, outside the time loop)."""
+        active = [k for k, o in enumerate(self.operators) if o != space.NONE]
+        chosen = tf.gather(probs, active, axis=1)
+        nodes = []
+        for i, start in enumerate(space.edge_offsets(self.steps)):
+            p = chosen[start : start + i + 1]
+            nodes.append((p, tf.reduce_sum(p, axis=1)[:, None, None]))
+        return nodes
+
+    def step(self, xw_t, h, nodes, h_mask=None, stats=None, moving=None):
         """One time step of the mixed cell.
 
         Args:
             xw_t: ``[B, 2H]`` input part of the first product.
             h: ``[B, H]`` previous hidden state.
-            probs: ``[num_edges, len(operators)]`` softmax weights.
+            nodes: `node_weights` of the softmax architecture weights.
             h_mask: hidden dropout mask or None.
             stats: moving statistics to update (training), or None.
             moving: moving statistics to normalise with (inference).
@@ -307,26 +321,22 @@ class SearchCell(_CellBase):
                                moving)
         states = [s0]
         masked = [s0 if h_mask is None else s0 * h_mask]
-        active = [k for k, o in enumerate(self.operators) if o != space.NONE]
+        activations = [
+            ACTIVATIONS[o] for o in self.operators if o != space.NONE
+        ]
         hdim = self.hidden_dim
-        for i, start in enumerate(space.edge_offsets(self.steps)):
-            p = probs[start : start + i + 1]  # [i + 1, ops]
+        for i, (p, total) in enumerate(nodes):
             stacked = tf.stack(states)  # [i + 1, B, H]
             ch = tf.matmul(tf.concat(masked, 0), self.ws[i])
             ch = tf.reshape(ch, [i + 1, -1, 2 * hdim])
             c, hh = tf.split(ch, 2, axis=-1)
             c = tf.sigmoid(c)
-            mixed = tf.add_n([
-                p[:, k, None, None] * ACTIVATIONS[self.operators[k]](hh)
-                for k in active
-            ])
-            total = tf.add_n([p[:, k] for k in active])[:, None, None]
+            acts = tf.stack([f(hh) for f in activations], axis=-1)
+            mixed = tf.einsum("jbhk,jk->jbh", acts, p)
             s = tf.reduce_sum(total * (1 - c) * stacked + c * mixed, axis=0)
             s, stats = batch_norm(s, stats, moving)
             states.append(s)
-            if h_mask is not None:
-                s = s * h_mask
-            masked.append(s)
+            masked.append(s if h_mask is None else s * h_mask)
         concat = states[-min(space.CONCAT, self.steps) :]
         return tf.add_n(concat) / len(concat), stats
 
@@ -365,8 +375,10 @@ class SearchCell(_CellBase):
                 tf.convert_to_tensor(self.moving_var),
             )
 
+        nodes = self.node_weights(probs)
+
         def step(xw_t, h, *stats):
-            h, stats = self.step(xw_t, h, probs, h_mask, stats or None,
+            h, stats = self.step(xw_t, h, nodes, h_mask, stats or None,
                                  moving)
             return (h, *(stats or ()))
 
