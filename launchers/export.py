@@ -6,7 +6,9 @@
 Loads the run's config, genotype and final weights (else the newest
 checkpoint). The SavedModel's ``serving_default`` signature takes
 ``images`` (float32, NHWC, normalised as in training) and returns
-``logits`` and ``probabilities``. See tf_amended_darts/jobs/export.py.
+``logits`` and ``probabilities``. See tf_amended_darts/jobs/export.py. A
+--task=ptb run exports token ids -> next-token log-probabilities
+(tf_amended_darts/jobs/language_export.py).
 """
 
 import json
@@ -17,15 +19,19 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import export  # noqa: E402
+from tf_amended_darts.jobs import export, language_export  # noqa: E402
 
 
 def main(argv, fv=flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    result = export.export_saved_model(
-        fv.model_dir, fv.export_dir, tflite=fv.tflite, overwrite=fv.overwrite
-    )
+    if language_export.is_language_run(fv.model_dir):
+        result = language_export.export_saved_model(
+            fv.model_dir, fv.export_dir, overwrite=fv.overwrite)
+    else:
+        result = export.export_saved_model(
+            fv.model_dir, fv.export_dir, tflite=fv.tflite,
+            overwrite=fv.overwrite)
     print(json.dumps(result, indent=1, sort_keys=True))
     print(f"try: saved_model_cli show --dir {result['export_dir']} --all")
     return result

@@ -1,10 +1,13 @@
 """Parameter and multiply-add counts of a re-training network.
 
     python launchers/info.py --genotype=DARTS_V2 --dataset=imagenet
+    python launchers/info.py --genotype=DARTS_V2 --task=ptb
 
 Prints one JSON object: `params` (trainable, auxiliary head excluded),
 `params_aux` (the auxiliary head alone; 0 with --noauxiliary), `macs`
 (multiply-adds per image of the main network, see flops.py), settings.
+With --task=ptb: `params` of the recurrent evaluation model (embedding =
+hidden = --emsize, default 850; --vocab_size, default 10,000; tied).
 """
 
 import json
@@ -15,6 +18,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tf_amended_darts.jobs import language_train  # noqa: E402
 from tf_amended_darts.vision import flops, network  # noqa: E402
 from tf_amended_darts.vision import genotype as G  # noqa: E402
 
@@ -38,10 +42,24 @@ def define_flags(fv=flags.FLAGS):
                              "imagenet).", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("auxiliary", True, "Build the auxiliary head.",
                       flag_values=fv)
+    flags.DEFINE_enum("task", "vision", ["vision", "ptb"], "ptb: the "
+                      "recurrent evaluation model.", flag_values=fv)
+    flags.DEFINE_integer("emsize", 850, "ptb: embedding = hidden width.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("vocab_size", 10000, "ptb: vocabulary.",
+                         lower_bound=2, flag_values=fv)
 
 
 def info(fv=flags.FLAGS):
     """Prints and returns the network's size as one JSON object."""
+    if fv.task == "ptb":
+        try:
+            result = language_train.model_info(fv.genotype, fv.vocab_size,
+                                               fv.emsize)
+        except (ValueError, OSError) as error:
+            raise app.UsageError(f"--genotype: {error}") from error
+        print(json.dumps(result))
+        return result
     cls, classes, channels, layers, size = DATASETS[fv.dataset]
     channels = fv.init_channels or channels
     layers, size = fv.layers or layers, fv.image_size or size

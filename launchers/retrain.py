@@ -6,8 +6,9 @@
 ``--genotype`` is a published name or a genotype JSON (e.g. the
 ``genotype.json`` of a search). Rerunning the same command resumes from the
 newest checkpoint in --model_dir; ``--seeds=0,1,2`` trains one network per
-seed and writes the mean and std of the test error. See
-tf_amended_darts/jobs/retrain.py for the run directory's layout.
+seed and writes the mean and std of the test error. ``--task=ptb`` trains
+a recurrent genotype instead (tf_amended_darts/jobs/language_train.py);
+see tf_amended_darts/jobs/retrain.py for the CNN run directory's layout.
 """
 
 import json
@@ -18,12 +19,19 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import retrain, retrain_config  # noqa: E402
+from tf_amended_darts.jobs import (  # noqa: E402
+    language_config,
+    language_train,
+    retrain,
+    retrain_config,
+)
 
 
 def main(argv, fv=flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if "task" in fv and fv.task == "ptb":
+        return _train_language(fv)
     config = retrain_config.from_flags(fv)
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
@@ -42,7 +50,20 @@ def main(argv, fv=flags.FLAGS):
     return result
 
 
+def _train_language(fv):
+    """--task=ptb: trains a recurrent genotype (NT-ASGD), test perplexity."""
+    config = language_config.train_from_flags(fv)
+    os.makedirs(config.model_dir, exist_ok=True)
+    fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
+    result = language_train.run(config)
+    print(json.dumps(result, indent=1, sort_keys=True))
+    print(f"export:      python launchers/export.py --model_dir="
+          f"{config.model_dir} --export_dir=EXPORT_DIR")
+    return result
+
+
 if __name__ == "__main__":
     retrain_config.define_flags()
+    language_config.define_train_flags()
     flags.mark_flags_as_required(["genotype", "model_dir"])
     app.run(lambda argv: main(argv) and None)  # exit status 0 on success

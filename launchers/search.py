@@ -2,9 +2,13 @@
 
     python launchers/search.py --flagfile=flags/quickstart.cfg \
         --model_dir=runs/quickstart
+    python launchers/search.py --flagfile=flags/ptb_quickstart.cfg \
+        --model_dir=runs/ptb_quickstart
 
-Rerunning the same command resumes from the newest checkpoint in
---model_dir. See tf_amended_darts/jobs/search.py for the run directory's layout.
+``--task=vision`` (default) searches CNN cells, ``--task=ptb`` a recurrent
+cell. Rerunning the same command resumes from the newest checkpoint in
+--model_dir. See tf_amended_darts/jobs/search.py and language_search.py
+for the run directories' layouts.
 """
 
 import os
@@ -14,20 +18,28 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import search, search_config  # noqa: E402
+from tf_amended_darts.jobs import (  # noqa: E402
+    language_config,
+    language_search,
+    search,
+    search_config,
+)
+from tf_amended_darts.language import visualize as rnn_visualize  # noqa
 from tf_amended_darts.vision import visualize  # noqa: E402
 
 
 def run_search(fv=flags.FLAGS):
     """Runs the search the flags describe; returns the final genotype."""
-    config = search_config.from_flags(fv)
+    ptb = "task" in fv and fv.task == "ptb"
+    config = (language_config.search_from_flags(fv) if ptb
+              else search_config.from_flags(fv))
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
-    genotype = search.run(config)
+    genotype = (language_search.run if ptb else search.run)(config)
     d = config.model_dir
-    print(visualize.genotype_to_text(genotype))
+    print((rnn_visualize if ptb else visualize).genotype_to_text(genotype))
     print(f"genotype:    {os.path.join(d, 'genotype.json')}")
-    print(f"cell PNGs:   {os.path.join(d, 'genotype_*.png')}")
+    print(f"cell PNGs:   {os.path.join(d, 'genotype*.png')}")
     print(f"TensorBoard: tensorboard --logdir {d}")
     return genotype
 
@@ -40,5 +52,6 @@ def main(argv):
 
 if __name__ == "__main__":
     search_config.define_flags()
+    language_config.define_search_flags()
     flags.mark_flag_as_required("model_dir")
     app.run(main)

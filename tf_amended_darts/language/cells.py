@@ -87,9 +87,13 @@ def run_recurrence(step, xw, h0, length, extra=()):
         ``(outputs [T', B, H], h_T, extra)`` with ``T' = length``.
     """
     outputs = tf.TensorArray(h0.dtype, size=length, element_shape=h0.shape)
+    # Read through a TensorArray, not `xw[t]`: the gradient of a slice of
+    # a loop-invariant tensor is a full-size tensor per step (quadratic in
+    # the length, in time and memory, and worse in the double backward).
+    inputs = tf.TensorArray(xw.dtype, size=length).unstack(xw[:length])
 
     def body(t, h, out, *carried):
-        h, *carried = step(xw[t], h, *carried)
+        h, *carried = step(inputs.read(t), h, *carried)
         return (t + 1, h, out.write(t, h), *carried)
 
     _, h, outputs, *extra = tf.while_loop(
