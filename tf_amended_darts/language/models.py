@@ -317,7 +317,7 @@ class RNNModel(keras.Model):
             batch_size=self.batch_size,
             seed=self.seed,
         )
-        if not self.arch_variables:
+        if self.genotype_value is not None:
             config["genotype"] = G.to_dict(self.genotype_value)
         return config
 
@@ -360,6 +360,7 @@ class SearchRNNModel(RNNModel):
 
     def _make_cell(self, genotype):
         del genotype
+        self.genotype_value = None
         return cells.SearchCell(
             self.emsize, self.nhid, self.steps, self.operators, name="cell"
         )
@@ -377,7 +378,7 @@ class SearchRNNModel(RNNModel):
 
     @property
     def arch_variables(self):
-        return [self.alphas]
+        return [self.alphas] if self.built else []
 
     def arch_weights(self):
         """Softmax weights ``[edges, operators]`` as a NumPy array."""
