@@ -87,6 +87,7 @@ def export_saved_model(model_dir, export_dir, overwrite=False):
     G.save(network.genotype_value, os.path.join(assets, "genotype.json"))
     meta = {"task": "ptb", "dataset": config.dataset,
             "vocab_size": text.vocab_size, "nhid": network.nhid,
+            "bptt": config.bptt,
             "params": models.count_params(network),
             "signatures": ["serving_default", "step"]}
     atomic_write(os.path.join(assets, META_FILE), json.dumps(meta, indent=1))
@@ -135,7 +136,7 @@ def evaluate(model_dir=None, saved_model=None, data_dir=None, split="test",
                 f"vocabulary than the model's ({len(text.vocab)} against "
                 f"{len(words)} words).")
         loss = _saved_model_loss(saved_model, getattr(text, split),
-                                 batch_size or 1, 35, max_steps)
+                                 batch_size or 1, meta["bptt"], max_steps)
         source = saved_model
     else:
         config, network, text = language_train.load_run(model_dir)
