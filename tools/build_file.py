@@ -150,7 +150,7 @@ def generate():
 
 
 # Modules that read package data beside them.
-DATA_READERS = ("vision/genotype.py",)
+DATA_READERS = ("vision/genotype.py", "language/genotype.py")
 BINARY_FOLDERS = ("launchers", "tools")
 SLOW_TESTS = {"test_resume", "test_search_launcher"}
 
