@@ -244,9 +244,9 @@ class LanguageSearchConfig:
         bilevel.validate_estimator(self.arch_grad, self.eta, self.hvp)
         if self.nodes < 1:
             _fail("nodes", "an integer >= 1 (intermediate nodes)", self.nodes)
-        if not self.weight_lr > 0 or not self.arch_lr > 0:
-            _fail("weight_lr" if not self.weight_lr > 0 else "arch_lr",
-                  "a number > 0", self.weight_lr)
+        for name in ("weight_lr", "arch_lr"):
+            if not getattr(self, name) > 0:
+                _fail(name, "a number > 0", getattr(self, name))
         for name in ("momentum", "arch_beta1", "arch_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 _fail(name, "a number in [0, 1)", getattr(self, name))
