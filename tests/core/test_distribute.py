@@ -21,7 +21,8 @@ from tests.helpers import REPO_ROOT
 from tf_amended_darts.core import distribute, engine
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
 from tf_amended_darts.jobs import search_config
-from tf_amended_darts.nn import layers
+from tf_amended_darts.nn.batch_norm import BatchNorm
+from tf_amended_darts.nn.contexts import synchronized_statistics
 
 ROOT = REPO_ROOT
 RESULT = "RESULT "
@@ -73,14 +74,14 @@ def _run_in_subprocess(code, timeout=600):
 class TinyBNNet(keras.Model):
     """``BN(p0 * x K1 + p1 * tanh(x K2))``, ``p = softmax(alpha)``.
 
-    `layers.BatchNorm` (affine) on the mixed output: its batch statistics
+    `BatchNorm` (affine) on the mixed output: its batch statistics
     couple the examples of a batch, as in the supernet.
     """
 
     def __init__(self, use_bn=True, **kwargs):
         super().__init__(**kwargs)
         self.use_bn = use_bn
-        self.bn = layers.BatchNorm(affine=True, dtype=self.dtype_policy)
+        self.bn = BatchNorm(affine=True, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         rng = np.random.default_rng(0)
@@ -170,7 +171,7 @@ def _estimates(strategy, search, batch):
     """The replica-mean of ``(arch_grads, g1, g2)`` on one global batch."""
 
     def fn(data):
-        with layers.synchronized_statistics():
+        with synchronized_statistics():
             result, _ = search.arch_gradient(*engine.unpack_pairs(data))
         parts = result.arch_grads + result.g1 + result.g2
         return distribute.cross_replica_mean(parts)
@@ -395,13 +396,13 @@ def test_launcher_flags_are_validated(tmp_path, args, match):
 
 
 def test_batch_norm_synchronization_is_off_outside_replicas():
-    bn = layers.BatchNorm(affine=False, synchronized=True)
+    bn = BatchNorm(affine=False, synchronized=True)
     x = np.random.default_rng(0).normal(size=(4, 2, 2, 3)).astype("float32")
-    plain = layers.BatchNorm(affine=False)
-    with layers.synchronized_statistics():
+    plain = BatchNorm(affine=False)
+    with synchronized_statistics():
         np.testing.assert_allclose(
             bn(x, training=True), plain(x, training=True), atol=1e-6
         )
     assert bn.get_config()["synchronized"] is True
     with pytest.raises(ValueError, match="synchronized='yes'"):
-        layers.BatchNorm(synchronized="yes")
+        BatchNorm(synchronized="yes")

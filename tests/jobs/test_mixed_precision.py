@@ -22,7 +22,7 @@ from tests.helpers import REPO_ROOT
 from tf_amended_darts.core import distribute
 from tf_amended_darts.core.optimizers import TorchSGD
 from tf_amended_darts.jobs import export, retrain, retrain_config
-from tf_amended_darts.nn import layers
+from tf_amended_darts.nn.batch_norm import BatchNorm
 from tf_amended_darts.vision import network
 
 MIXED = ("mixed_float16", "mixed_bfloat16")
@@ -87,8 +87,8 @@ def test_batch_norm_statistics_are_float32_under_mixed_policies(policy):
     rng = np.random.default_rng(0)
     x = (300.0 + 5.0 * rng.normal(size=(4, 6, 6, 3))).astype(np.float32)
     x = tf.cast(tf.cast(x, LOW[policy]), "float32")  # representable values
-    mixed = layers.BatchNorm(affine=True, dtype=policy)
-    full = layers.BatchNorm(affine=True, dtype="float32")
+    mixed = BatchNorm(affine=True, dtype=policy)
+    full = BatchNorm(affine=True, dtype="float32")
     out = mixed(x, training=True)
     expected = full(x, training=True)
     assert out.dtype == LOW[policy]

@@ -260,9 +260,9 @@ def test_search_argument_errors(kwargs, match):
 
 
 def test_argument_type_errors():
-    with pytest.raises(TypeError, match="batch_size"):
+    with pytest.raises(ValueError, match="batch_size"):
         data.search_datasets("digits", 8.0)
-    with pytest.raises(TypeError, match="batch_size"):
+    with pytest.raises(ValueError, match="batch_size"):
         data.train_dataset("digits", True)
 
 

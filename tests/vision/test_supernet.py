@@ -136,7 +136,7 @@ def test_mixed_edge_computes_one_relu_of_its_input(stride):
     # sep_conv (x2 blocks), dil_conv and factorized reduction all start
     # with relu(x): one shared ReLU, and the same values and gradients as
     # each operator computing its own.
-    from tf_amended_darts.nn import layers as L
+    from tf_amended_darts.vision import cells
     from tf_amended_darts.vision.cells import MixedEdge
 
     keras.utils.set_random_seed(0)
@@ -162,12 +162,12 @@ def test_mixed_edge_computes_one_relu_of_its_input(stride):
 
     assert relus_of_input() == 1
     shared = tf.function(value_and_grad)(x)
-    original = L.shared_relu
+    original = cells.shared_relu
     try:  # a context that shares nothing: every operator its own ReLU
-        L.shared_relu = contextlib.nullcontext
+        cells.shared_relu = contextlib.nullcontext
         assert relus_of_input() == (5 if stride == 2 else 4)
         unshared = tf.function(value_and_grad)(x)
     finally:
-        L.shared_relu = original
+        cells.shared_relu = original
     for a, b in zip(shared, unshared, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -54,7 +54,10 @@ from keras import ops
 
 from tf_amended_darts.core import bilevel, distribute, hparams
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
-from tf_amended_darts.nn import layers
+from tf_amended_darts.nn.contexts import (
+    frozen_statistics,
+    synchronized_statistics,
+)
 
 
 def unpack_pairs(data):
@@ -105,7 +108,7 @@ class BilevelSearch(keras.Model):
         aux_weight: weight of the auxiliary-head loss when the network
             returns ``(logits, aux_logits)``.
         sync_batch_norm: under several replicas, training-mode batch norms
-            (`layers.BatchNorm` built with ``synchronized=None``) use the
+            (`BatchNorm` built with ``synchronized=None``) use the
             statistics of the global batch (see the module docstring).
         **kwargs: passed to `keras.Model`.
 
@@ -268,7 +271,7 @@ class BilevelSearch(keras.Model):
             values = [w[i] if kind == "w" else a[i] for kind, i in layout]
             # Batch statistics, no moving-statistic updates (they would be
             # discarded): a smaller graph.
-            with layers.frozen_statistics():
+            with frozen_statistics():
                 outputs, _ = self.network.stateless_call(
                     values, non_trainable, x, training=True
                 )
@@ -320,7 +323,7 @@ class BilevelSearch(keras.Model):
     def train_step(self, data):
         if self.weight_optimizer is None:
             raise ValueError("Call BilevelSearch.compile() before fit().")
-        with layers.synchronized_statistics(self.sync_batch_norm):
+        with synchronized_statistics(self.sync_batch_norm):
             return self._train_step(data)
 
     def _train_step(self, data):

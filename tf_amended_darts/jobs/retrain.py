@@ -15,7 +15,7 @@ Follows DARTS ``cnn/train.py`` (CIFAR) and ``cnn/train_imagenet.py``
   ``learning_rate`` at epoch 0 towards ``learning_rate_min`` (0) reached
   after the last epoch);
 * drop-path ramped linearly, ``drop_path_prob * epoch / epochs`` at the
-  start of each epoch (`network.DropPathSchedule`);
+  start of each epoch (`DropPathSchedule`);
 * every epoch ends with an evaluation on the test split (top-1, top-5).
 
 Run directory (``--model_dir``)::
@@ -90,6 +90,7 @@ from keras import ops
 from tf_amended_darts.core import distribute
 from tf_amended_darts.core.optimizers import EpochCosineDecay, TorchSGD
 from tf_amended_darts.jobs import retrain_config
+from tf_amended_darts.nn.drop_path import DropPathSchedule
 from tf_amended_darts.vision import data, network
 from tf_amended_darts.vision import genotype as G
 
@@ -713,7 +714,7 @@ def run_one(config, strategy=None):
         config.model_dir, config.tensorboard, start, read_only=not chief
     )
     test = eval_data(config) if start < config.epochs else None
-    drop_path = network.DropPathSchedule(config.drop_path_prob, config.epochs)
+    drop_path = DropPathSchedule(config.drop_path_prob, config.epochs)
     for epoch in range(start, config.epochs):
         began = time.time()
         lr = float(base_optimizer(model.optimizer).current_learning_rate())

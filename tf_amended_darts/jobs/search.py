@@ -29,7 +29,7 @@ Consistency (``--consistency``, or ``--auxiliary`` / ``--drop_path_prob``
 head, whose loss (times ``--auxiliary_weight``) is part of both the training
 and the validation loss of the bi-level problem, and drop-path on every
 candidate operator but identity, ramped linearly from 0 at each stage's
-first epoch to ``--drop_path_prob`` (`network.DropPathSchedule`). Within one
+first epoch to ``--drop_path_prob`` (`DropPathSchedule`). Within one
 search step every pass of the architecture step (the validation pass and
 the estimator's products on the training batch) and the weight step use the
 same drop-path masks (the masks are a function of the seed state, which
@@ -54,9 +54,9 @@ from tf_amended_darts.core.optimizers import (
     TorchSGD,
 )
 from tf_amended_darts.jobs import callbacks, precision
+from tf_amended_darts.nn.drop_path import DropPathSchedule
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import genotype as G
-from tf_amended_darts.vision.network import DropPathSchedule
 from tf_amended_darts.vision.supernet import SearchNetwork
 
 PAIRS_FILE = "stage1_pairs.json"

@@ -24,6 +24,7 @@ from absl import flags
 from tf_amended_darts.core import bilevel, distribute, hparams
 from tf_amended_darts.jobs import precision
 from tf_amended_darts.jobs import retrain_config as R
+from tf_amended_darts.nn.drop_path import DROP_PATH_PROB
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import network as N
 from tf_amended_darts.vision import search_space as S
@@ -35,7 +36,7 @@ CONSISTENCY = {
     "layers": N.CIFAR_LAYERS,
     "init_channels": N.CIFAR_INIT_CHANNELS,
     "cutout": R.CUTOUT,
-    "drop_path_prob": N.DROP_PATH_PROB,
+    "drop_path_prob": DROP_PATH_PROB,
     "auxiliary": True,
     "auxiliary_weight": R.AUXILIARY_WEIGHT,
 }

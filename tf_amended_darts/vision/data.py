@@ -42,6 +42,7 @@ import socket
 import numpy as np
 import tensorflow as tf
 
+from tf_amended_darts.nn.validate import check_int
 from tf_amended_darts.vision import augment
 
 DATASETS = ("digits", "cifar10", "imagenet")
@@ -135,13 +136,6 @@ def _check_name(name):
         raise ValueError(f"dataset={name!r} is unknown; accepted: {DATASETS}")
 
 
-def _check_int(value, arg, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{arg} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{arg} must be >= {minimum}, got {value}")
-
-
 def _check_split(split):
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r} is unknown; accepted: train, test")
@@ -181,7 +175,7 @@ def dataset_info(name, image_size=None):
     info = DatasetInfo(name, *_SPECS[name])
     if image_size is None:
         image_size = info.image_size
-    _check_int(image_size, "image_size", 1)
+    check_int("image_size", image_size, 1)
     if name == "digits":
         x_train = _digits(int(image_size))[0].astype(np.float64)
         mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
@@ -290,7 +284,7 @@ def load_arrays(
 
 def _seeds(seed, num):
     """``num`` independent int seeds derived from ``seed``."""
-    _check_int(seed, "seed", 0)
+    check_int("seed", seed, 0)
     state = np.random.SeedSequence(int(seed)).generate_state(num)
     return [int(s) for s in state]
 
@@ -302,7 +296,7 @@ def _epoch_seeds(seed, epoch, num):
     epoch ``e`` of a run gets, so a search resumed at ``e`` sees the same
     data as an uninterrupted one.
     """
-    _check_int(epoch, "epoch", 0)
+    check_int("epoch", epoch, 0)
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(num)
     return [int(x) for x in state]
 
@@ -394,8 +388,8 @@ def _buffer(count, lookup):
 
 def _resolve(name, batch_size, cutout, image_size, flip):
     info = dataset_info(name, image_size)
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(cutout, "cutout", 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("cutout", cutout, 0)
     flip = info.flip if flip is None else bool(flip)
     return info, flip, info.image_size // 8
 
