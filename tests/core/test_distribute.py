@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import flags
 
 from tests.helpers import REPO_ROOT
-from tf_amended_darts.core import distribute, engine
+from tf_amended_darts.core import custom_loop, distribute, engine, replicas
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
 from tf_amended_darts.jobs import search_config
 from tf_amended_darts.nn.batch_norm import BatchNorm
@@ -174,7 +174,7 @@ def _estimates(strategy, search, batch):
         with synchronized_statistics():
             result, _ = search.arch_gradient(*engine.unpack_pairs(data))
         parts = result.arch_grads + result.g1 + result.g2
-        return distribute.cross_replica_mean(parts)
+        return replicas.cross_replica_mean(parts)
 
     @tf.function
     def run(data):
@@ -198,7 +198,7 @@ def replica_worker():
         out["updates"][f"{arch_grad}/{hvp}"] = _max_diff(*states)
     # The custom loop (multi-worker's) under mirrored equals fit.
     search = _search(two, "amended", "exact")
-    distribute.custom_fit(search, _pairs(), steps_per_epoch=STEPS)
+    custom_loop.custom_fit(search, _pairs(), steps_per_epoch=STEPS)
     out["custom_fit"] = _max_diff(states[0], _state(search))
     # Per-replica statistics change the loss: the test can see BN.
     search = _search(two, "amended", "exact", sync=False)

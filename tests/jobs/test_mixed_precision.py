@@ -19,9 +19,9 @@ import tensorflow as tf
 from absl import flags
 
 from tests.helpers import REPO_ROOT
-from tf_amended_darts.core import distribute
+from tf_amended_darts.core import replicas
 from tf_amended_darts.core.optimizers import TorchSGD
-from tf_amended_darts.jobs import export, retrain, retrain_config
+from tf_amended_darts.jobs import export, retrain, retrain_config, retrainer
 from tf_amended_darts.nn.batch_norm import BatchNorm
 from tf_amended_darts.vision import network
 
@@ -146,17 +146,17 @@ def test_loss_scale_optimizer_clips_after_unscaling():
     optimizer.build([variable])
     # The true gradient (3, 4, 0) has norm 5: clipped to norm 1. Clipping
     # the scaled gradient instead would leave a step 1 / scale long.
-    distribute.apply_mean_gradients(
+    replicas.apply_mean_gradients(
         optimizer, [tf.constant([3.0, 4.0, 0.0]) * scale], [variable]
     )
     np.testing.assert_allclose(variable.numpy(), [-0.6, -0.8, 0.0], rtol=1e-6)
     # A non-finite gradient skips the step and halves the scale.
-    distribute.apply_mean_gradients(
+    replicas.apply_mean_gradients(
         optimizer, [tf.constant([np.inf, 0.0, 0.0])], [variable]
     )
     np.testing.assert_allclose(variable.numpy(), [-0.6, -0.8, 0.0], rtol=1e-6)
     assert float(optimizer.dynamic_scale) == scale / 2
-    assert retrain.base_optimizer(optimizer) is optimizer.inner_optimizer
+    assert retrainer.base_optimizer(optimizer) is optimizer.inner_optimizer
 
 
 def test_only_mixed_float16_scales_the_loss():
@@ -171,14 +171,14 @@ def test_only_mixed_float16_scales_the_loss():
             auxiliary=False,
             dtype_policy=policy,
         )
-        net = retrain.build_network(config)
-        model = retrain.build_retrainer(config, net, 1)
+        net = retrainer.build_network(config)
+        model = retrainer.build_retrainer(config, net, 1)
         scaled = isinstance(
             model.optimizer, keras.optimizers.LossScaleOptimizer
         )
         assert scaled == (policy == "mixed_float16"), policy
-        assert isinstance(retrain.base_optimizer(model.optimizer), TorchSGD)
-        inner = retrain.base_optimizer(model.optimizer)
+        assert isinstance(retrainer.base_optimizer(model.optimizer), TorchSGD)
+        inner = retrainer.base_optimizer(model.optimizer)
         assert inner.global_clipnorm == config.grad_clip
 
 
@@ -217,7 +217,7 @@ def test_retrain_resume_and_export_under_each_policy(
 
     config = retrain.load_config(d)
     assert config.dtype_policy == policy
-    float32 = retrain.build_network(
+    float32 = retrainer.build_network(
         retrain_config.RetrainConfig(
             **{**config.to_dict(), "dtype_policy": "float32"}
         )
@@ -226,8 +226,8 @@ def test_retrain_resume_and_export_under_each_policy(
     assert all(np.isfinite(result[k]) for k in ("test_top1_error",))
 
     # The checkpoint restores the optimiser of the policy, state included.
-    net = retrain.build_network(config)
-    model = retrain.build_retrainer(config, net, STEPS)
+    net = retrainer.build_network(config)
+    model = retrainer.build_retrainer(config, net, STEPS)
     model.load_weights(export.latest_checkpoint(d))
     assert {v.dtype for v in net.weights} == {"float32"}
     optimizer = model.optimizer
@@ -235,7 +235,7 @@ def test_retrain_resume_and_export_under_each_policy(
     if policy == "mixed_float16":
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         scale = float(optimizer.dynamic_scale)
-        assert 0 < scale <= retrain.INITIAL_LOSS_SCALE
+        assert 0 < scale <= retrainer.INITIAL_LOSS_SCALE
     x = np.random.default_rng(0).normal(size=(3, 16, 16, 3)).astype("f4")
     logits = net(x, training=False)
     assert logits.dtype == "float32"
@@ -312,8 +312,7 @@ tf.config.set_logical_device_configuration(
 import json
 import keras
 import numpy as np
-from tf_amended_darts.core import distribute
-from tf_amended_darts.jobs import retrain
+from tf_amended_darts.core import distribute, replicas
 from tf_amended_darts.core.optimizers import TorchSGD
 strategy = distribute.make_strategy("mirrored")
 S = 2.0**10
@@ -332,7 +331,7 @@ def step(bad):
         # Replica 0: 2 * (3, 4, 0), replica 1: 0 (or inf): mean (3, 4, 0).
         g = (1.0 - i) * tf.constant([6.0, 8.0, 0.0]) * S
         g = tf.where(bad & (i > 0), tf.constant([np.inf, 0, 0]), g)
-        distribute.apply_mean_gradients(opt, [g], [w])
+        replicas.apply_mean_gradients(opt, [g], [w])
     strategy.run(fn)
 
 out = []

@@ -16,7 +16,7 @@ perturbed weights, products) never touch them, and the moving statistics
 evolve identically under every estimator given the same weights.
 
 Distribution (`distribute.py` builds the strategy; ``train_step`` runs in
-replica context, under ``fit`` or `distribute.custom_fit`): an update with
+replica context, under ``fit`` or `custom_loop.custom_fit`): an update with
 R replicas equals the one-replica update on the same global batch, for
 every estimator and product mode (tests/test_distribute.py measures it):
 
@@ -25,7 +25,7 @@ every estimator and product mode (tests/test_distribute.py measures it):
 * the estimator all-reduces (mean) the vectors that feed its products
   (``v``, ``H . v``, the virtual step's gradient), so ``D . H . v`` is the
   product of the global batch, not a sum of per-replica products;
-* `distribute.apply_mean_gradients` applies the cross-replica mean of the
+* `replicas.apply_mean_gradients` applies the cross-replica mean of the
   architecture and weight gradients. The Keras 3 TensorFlow optimiser sums
   gradients across replicas, but clips them before that sum, per replica;
   so when an optimiser clips (the weight optimiser's global norm 5), the
@@ -52,7 +52,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_amended_darts.core import bilevel, distribute, hparams
+from tf_amended_darts.core import (
+    bilevel,
+    hparams,
+    replicas,
+)
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
 from tf_amended_darts.nn.contexts import (
     frozen_statistics,
@@ -316,7 +320,7 @@ class BilevelSearch(keras.Model):
                 if self.arch_grad == "second_order"
                 else None
             ),
-            reduce_mean=distribute.cross_replica_mean,
+            reduce_mean=replicas.cross_replica_mean,
         )
         return result, record.get("outputs")
 
@@ -329,7 +333,7 @@ class BilevelSearch(keras.Model):
     def _train_step(self, data):
         train_batch, val_batch = unpack_pairs(data)
         result, val_outputs = self.arch_gradient(train_batch, val_batch)
-        distribute.apply_mean_gradients(
+        replicas.apply_mean_gradients(
             self.arch_optimizer, result.arch_grads, self.arch_variables
         )
 
@@ -341,7 +345,7 @@ class BilevelSearch(keras.Model):
             outputs = self.network(x_t, training=True)
             loss = self.compute_search_loss(y_t, outputs)
         grads = tape.gradient(loss, self.weight_variables)
-        distribute.apply_mean_gradients(
+        replicas.apply_mean_gradients(
             self.weight_optimizer, grads, self.weight_variables
         )
 

@@ -19,7 +19,7 @@ Distribution (``--strategy``, ``--num_gpus``; `distribute.make_strategy`):
 ``--batch_size`` is the global batch of each half, split evenly over the
 replicas; the model and its optimisers are built in the strategy's scope.
 ``default`` and ``mirrored`` train with ``fit``; ``multi_worker`` with
-`distribute.custom_fit` (Keras' ``fit`` fails under it), with one process
+`custom_loop.custom_fit` (Keras' ``fit`` fails under it), with one process
 per worker (launch: `distribute` module docstring). Every worker computes
 the same updates; only the chief writes the run directory, and every
 worker resumes from the chief's checkpoints in the shared ``--model_dir``.
@@ -47,7 +47,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from tf_amended_darts.core import distribute, engine
+from tf_amended_darts.core import custom_loop, distribute, engine
 from tf_amended_darts.core.optimizers import (
     EpochCosineDecay,
     TorchAdam,
@@ -249,7 +249,7 @@ def run_stage(
             callbacks=fit_callbacks,
         )
         if multi_worker:
-            distribute.custom_fit(search, pairs, **fit_args)
+            custom_loop.custom_fit(search, pairs, **fit_args)
         else:
             search.fit(pairs, **fit_args)
         if chief:

@@ -31,7 +31,10 @@ per-element seed from a seeded ``Dataset.random`` (new every epoch), in
 deterministic order: pipelines built with the same ``seed`` yield identical
 batches epoch after epoch, whatever the parallelism, also under
 ``tf.config.experimental.enable_op_determinism``. All seeds derive from
-``seed`` through ``numpy.random.SeedSequence``.
+``seed`` through ``numpy.random.SeedSequence``. TensorFlow pairs the seed of
+``Dataset.shuffle`` and ``Dataset.random`` with its global seed, so the
+batches depend on that too: the launchers set it from ``--seed``
+(``keras.utils.set_random_seed``) before building any pipeline.
 """
 
 import collections
