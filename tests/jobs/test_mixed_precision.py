@@ -5,8 +5,8 @@ stay float32, batch norm keeps float32 statistics, logits are float32,
 mixed_float16 trains through a `LossScaleOptimizer` that clips after
 unscaling, and checkpoints / the SavedModel work under each policy. Tiny
 networks (3 cells, C = 4, 16x16 digits, 2 steps per epoch); float32 is
-covered by tests/test_retrain.py and tests/test_export.py, and bfloat16
-differs from float16 only by its missing loss scaling, so only the
+covered by tests/jobs/test_retrain.py and tests/jobs/test_export.py, and
+bfloat16 differs from float16 only by its missing loss scaling, so only the
 mixed_float16 launcher run is in the default suite (~15-30 s).
 """
 

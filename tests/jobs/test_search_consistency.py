@@ -1,8 +1,8 @@
 """`--consistency` and its flags in the search launcher (paper 2.4, B.1).
 
 The supernet-level behaviour (auxiliary head, drop-path masks) is tested in
-tests/test_consistency.py; here: flag resolution, the flagfiles, and a run
-that carries the regularisers into the bi-level engine.
+tests/vision/test_consistency.py; here: flag resolution, the flagfiles, and
+a run that carries the regularisers into the bi-level engine.
 """
 
 import json
