@@ -127,9 +127,10 @@ def normalize_batch(x, axes, epsilon, fused=None):
     made batch norm ~3/4 of the supernet's amended-step graph (363 nodes
     for the amended product through one batch norm;
     tests/vision/test_graph_size.py has the count now). The derivatives are
-    recorded on every active tape with ``record_operation``, as eager ``tf.custom_gradient`` does: nothing
-    is registered globally (graph-mode ``tf.custom_gradient`` registers a new
-    gradient function per call, which keeps every traced graph alive).
+    recorded on every active tape with ``record_operation``, as eager
+    ``tf.custom_gradient`` does: nothing is registered globally (graph-mode
+    ``tf.custom_gradient`` registers a new gradient function per call, which
+    keeps every traced graph alive).
 
     Recorded ops, each with its VJP written from recorded tensors, so that
     derivatives of any order are exact (``G(x, g)`` is the VJP of the
