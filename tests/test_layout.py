@@ -169,3 +169,4 @@ def test_tests_mirror_the_package():
             assert os.path.isdir(os.path.join(tests, sub)), (
                 f"{PACKAGE}/{sub} has no tests/{sub}"
             )
+

@@ -9,25 +9,25 @@ import json
 
 import numpy as np
 import pytest
-from absl import flags
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import (
+    REPO_ROOT,
+    SEARCH_TINY,
+    flags_with,
+    search_config_of,
+)
 from tf_amended_darts.jobs import search, search_config
 from tf_amended_darts.vision import genotype as G
 
 ROOT = REPO_ROOT
-TINY = [
-    "--dataset=digits", "--space=s3", "--layers=3", "--init_channels=4",
-    "--batch_size=8", "--epochs=2", "--steps_per_epoch=2", "--verbose=0",
-    "--arch_lr=0.01", "--arch_grad=first_order", "--notensorboard",
-]
-
-
-def _config(args):
-    fv = flags.FlagValues()
-    search_config.define_flags(fv)
-    fv(["search"] + args)
-    return search_config.from_flags(fv)
+TINY = flags_with(
+    SEARCH_TINY,
+    image_size=None,
+    epochs=2,
+    arch_grad="first_order",
+    tensorboard=False,
+)
+_config = search_config_of
 
 
 def test_consistency_brings_the_retraining_values(tmp_path):
