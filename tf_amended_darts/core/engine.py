@@ -289,7 +289,9 @@ class BilevelSearch(keras.Model):
         """What DARTS' virtual step reads from the weight optimiser."""
         opt = self.weight_optimizer
         return bilevel.VirtualStep(
-            learning_rate=opt.current_learning_rate(),
+            learning_rate=opt.current_learning_rate(
+                self.weight_variables[0].dtype
+            ),
             momentum=getattr(opt, "momentum", 0.0),
             momentum_buffers=(
                 [opt.momentum_buffer(v) for v in self.weight_variables]
