@@ -17,11 +17,19 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tests.helpers import REPO_ROOT
-from tf_amended_darts.core import distribute, engine
+from tests.helpers import (
+    REPO_ROOT,
+    RETRAIN_TINY,
+    SEARCH_TINY,
+    flags_with,
+    run_retrain_launcher,
+    search_flag_values,
+)
+from tf_amended_darts.core import custom_loop, distribute, engine, replicas
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
 from tf_amended_darts.jobs import search_config
-from tf_amended_darts.nn import layers
+from tf_amended_darts.nn.batch_norm import BatchNorm
+from tf_amended_darts.nn.contexts import synchronized_statistics
 
 ROOT = REPO_ROOT
 RESULT = "RESULT "
@@ -73,14 +81,14 @@ def _run_in_subprocess(code, timeout=600):
 class TinyBNNet(keras.Model):
     """``BN(p0 * x K1 + p1 * tanh(x K2))``, ``p = softmax(alpha)``.
 
-    `layers.BatchNorm` (affine) on the mixed output: its batch statistics
+    `BatchNorm` (affine) on the mixed output: its batch statistics
     couple the examples of a batch, as in the supernet.
     """
 
     def __init__(self, use_bn=True, **kwargs):
         super().__init__(**kwargs)
         self.use_bn = use_bn
-        self.bn = layers.BatchNorm(affine=True, dtype=self.dtype_policy)
+        self.bn = BatchNorm(affine=True, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         rng = np.random.default_rng(0)
@@ -170,10 +178,10 @@ def _estimates(strategy, search, batch):
     """The replica-mean of ``(arch_grads, g1, g2)`` on one global batch."""
 
     def fn(data):
-        with layers.synchronized_statistics():
+        with synchronized_statistics():
             result, _ = search.arch_gradient(*engine.unpack_pairs(data))
         parts = result.arch_grads + result.g1 + result.g2
-        return distribute.cross_replica_mean(parts)
+        return replicas.cross_replica_mean(parts)
 
     @tf.function
     def run(data):
@@ -197,7 +205,7 @@ def replica_worker():
         out["updates"][f"{arch_grad}/{hvp}"] = _max_diff(*states)
     # The custom loop (multi-worker's) under mirrored equals fit.
     search = _search(two, "amended", "exact")
-    distribute.custom_fit(search, _pairs(), steps_per_epoch=STEPS)
+    custom_loop.custom_fit(search, _pairs(), steps_per_epoch=STEPS)
     out["custom_fit"] = _max_diff(states[0], _state(search))
     # Per-replica statistics change the loss: the test can see BN.
     search = _search(two, "amended", "exact", sync=False)
@@ -234,51 +242,21 @@ def test_one_and_two_replicas_give_the_same_search():
 # --------------------------------------------------------------------------
 # Launchers under --strategy=mirrored (two logical CPUs).
 
-SEARCH_TINY = [
-    "--dataset=digits",
-    "--image_size=8",
-    "--space=s3",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=8",
-    "--epochs=1",
-    "--steps_per_epoch=2",
-    "--verbose=0",
-    "--arch_lr=0.01",
-    "--arch_grad=first_order",
-    "--strategy=mirrored",
-]
-RETRAIN_TINY = [
-    "--genotype=DARTS_V2",
-    "--dataset=digits",
-    "--image_size=16",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=16",
-    "--epochs=1",
-    "--steps_per_epoch=2",
-    "--noauxiliary",
-    "--cutout=4",
-    "--drop_path_prob=0.2",
-    "--verbose=0",
-    "--strategy=mirrored",
-]
+SEARCH_MIRRORED = flags_with(
+    SEARCH_TINY, arch_grad="first_order", strategy="mirrored"
+)
+RETRAIN_MIRRORED = flags_with(RETRAIN_TINY, epochs=1, strategy="mirrored")
 
 
 def launcher_worker(search_dir, retrain_dir):
     """Runs both launchers with --strategy=mirrored (subprocess)."""
-    from launchers import retrain as retrain_launcher
     from launchers import search as search_launcher
-    from tf_amended_darts.jobs import retrain_config
 
-    fv = flags.FlagValues()
-    search_config.define_flags(fv)
-    fv(["search"] + SEARCH_TINY + [f"--model_dir={search_dir}"])
+    fv = search_flag_values(SEARCH_MIRRORED + [f"--model_dir={search_dir}"])
     genotype = search_launcher.run_search(fv)
-    fv = flags.FlagValues()
-    retrain_config.define_flags(fv)
-    fv(["retrain"] + RETRAIN_TINY + [f"--model_dir={retrain_dir}"])
-    result = retrain_launcher.main(["retrain"], fv)
+    result = run_retrain_launcher(
+        RETRAIN_MIRRORED + [f"--model_dir={retrain_dir}"]
+    )
     replicas = distribute.make_strategy("mirrored").num_replicas_in_sync
     out = {"normal": len(genotype.normal), "result": result, "r": replicas}
     print(RESULT + json.dumps(out), flush=True)
@@ -395,13 +373,13 @@ def test_launcher_flags_are_validated(tmp_path, args, match):
 
 
 def test_batch_norm_synchronization_is_off_outside_replicas():
-    bn = layers.BatchNorm(affine=False, synchronized=True)
+    bn = BatchNorm(affine=False, synchronized=True)
     x = np.random.default_rng(0).normal(size=(4, 2, 2, 3)).astype("float32")
-    plain = layers.BatchNorm(affine=False)
-    with layers.synchronized_statistics():
+    plain = BatchNorm(affine=False)
+    with synchronized_statistics():
         np.testing.assert_allclose(
             bn(x, training=True), plain(x, training=True), atol=1e-6
         )
     assert bn.get_config()["synchronized"] is True
     with pytest.raises(ValueError, match="synchronized='yes'"):
-        layers.BatchNorm(synchronized="yes")
+        BatchNorm(synchronized="yes")

@@ -13,9 +13,9 @@ from tensorboard.backend.event_processing import (
     plugin_event_accumulator as pea,
 )
 
-from tf_amended_darts.jobs import callbacks
+from tf_amended_darts.jobs import callbacks, summaries
 from tf_amended_darts.vision import genotype as gt
-from tf_amended_darts.vision import search_space, visualize
+from tf_amended_darts.vision import indicators, search_space, visualize
 from tf_amended_darts.vision.supernet import SearchNetwork
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # PNG specification, section 5.2
@@ -108,7 +108,7 @@ def set_alpha(net, key, seed):
 
 
 def test_edge_labels():
-    labels = callbacks.edge_labels(search_space.edge_list("pruned", 2))
+    labels = indicators.edge_labels(search_space.edge_list("pruned", 2))
     assert labels == [
         "c_{k-2}->0",
         "c_{k-1}->0",
@@ -116,10 +116,10 @@ def test_edge_labels():
         "c_{k-1}->1",
         "0->1",
     ]
-    fixed = callbacks.edge_labels(search_space.edge_list("fixed", 4))
+    fixed = indicators.edge_labels(search_space.edge_list("fixed", 4))
     assert fixed[:4] == ["c_{k-2}->0", "c_{k-1}->0", "0->1", "c_{k-2}->1"]
     assert len(fixed) == 8
-    assert callbacks.pair_labels(2) == [
+    assert indicators.pair_labels(2) == [
         "c_{k-2}+c_{k-1}->0",
         "c_{k-2}+c_{k-1}->1",
         "c_{k-2}+0->1",
@@ -129,13 +129,13 @@ def test_edge_labels():
 
 def test_heatmap_png():
     weights = softmax(np.random.default_rng(0).normal(size=(14, 8)))
-    labels = callbacks.edge_labels(search_space.edge_list("pruned"))
-    png = callbacks.heatmap_png(weights, S1_OPS, labels, "normal")
+    labels = indicators.edge_labels(search_space.edge_list("pruned"))
+    png = summaries.heatmap_png(weights, S1_OPS, labels, "normal")
     assert png.startswith(PNG_SIGNATURE)
     image = tf.image.decode_png(png, channels=3)
     assert image.shape[0] > 100 and image.shape[1] > 100
     with pytest.raises(ValueError, match=r"\(14, 7\)"):
-        callbacks.heatmap_png(weights, S1_OPS[:7], labels, "bad")
+        summaries.heatmap_png(weights, S1_OPS[:7], labels, "bad")
 
 
 def test_figure1_stats_shared():
@@ -150,7 +150,7 @@ def test_figure1_stats_shared():
     )  # fmt: skip
     reduce = tuple(("sep_conv_3x3", i % 2) for i in range(8))
     genotype = gt.Genotype(normal, (2, 3, 4, 5), reduce, (2, 3, 4, 5))
-    stats = callbacks.figure1_stats(
+    stats = indicators.figure1_stats(
         {"normal": weights, "reduce": weights[::-1]}, genotype, S1_OPS
     )
     assert stats == {
@@ -166,14 +166,16 @@ def test_figure1_stats_shared():
         tuple(("sep_conv_3x3", i % 2) for i in range(8)), (2, 3, 4, 5),
         tuple(("skip_connect", i % 2) for i in range(8)), (2, 3, 4, 5),
     )  # fmt: skip
-    stats = callbacks.figure1_stats({"normal": s3, "reduce": s3}, genotype, ops)
+    stats = indicators.figure1_stats(
+        {"normal": s3, "reduce": s3}, genotype, ops
+    )
     assert stats == {
         "none_weight_avg": pytest.approx(7.5 / 14, abs=1e-15),
         "skip_share": 0.0,
         "parametric_ops_normal": 8.0,
     }
     with pytest.raises(ValueError, match="one column per operator"):
-        callbacks.figure1_stats({"normal": s3[:, :2]}, genotype, ops)
+        indicators.figure1_stats({"normal": s3[:, :2]}, genotype, ops)
 
 
 def test_figure1_stats_per_cell():
@@ -187,7 +189,7 @@ def test_figure1_stats_per_cell():
     )
     genotype = gt.Genotype(cells=cells)
     weights = {f"cell_{i}": np.full((8, 2), 0.5) for i in range(4)}
-    stats = callbacks.figure1_stats(weights, genotype, S2_OPS)
+    stats = indicators.figure1_stats(weights, genotype, S2_OPS)
     assert stats == {"skip_share": 0.625, "parametric_ops_normal": 3.0}
 
 
@@ -240,9 +242,9 @@ def test_artifacts_two_epochs(network, tmp_path):
     for epoch, row in enumerate(rows):
         for name, value in fake_logs(epoch).items():
             assert float(row[name]) == float(value)
-        for name in callbacks.FIGURE1_KEYS:
+        for name in indicators.FIGURE1_KEYS:
             assert name in row and np.isfinite(float(row[name]))
-    stats = callbacks.figure1_stats(
+    stats = indicators.figure1_stats(
         network.arch_weights(), network.genotype(), network.operators
     )
     for name, value in stats.items():
@@ -255,7 +257,9 @@ def test_tensorboard_summaries(network, tmp_path):
     cb.close()
     acc = accumulator(tmp_path / "tensorboard" / "search")
     tags = set(acc.Tags()["tensors"])
-    expected = set(LOG_NAMES) | {f"figure1/{k}" for k in callbacks.FIGURE1_KEYS}
+    expected = set(LOG_NAMES) | {
+        f"figure1/{k}" for k in indicators.FIGURE1_KEYS
+    }
     expected |= {
         "arch/normal",
         "arch/reduce",
@@ -270,7 +274,7 @@ def test_tensorboard_summaries(network, tmp_path):
             assert step == epoch + 1 and got == value
     steps = [s for s, _ in tensor_values(acc, "figure1/skip_share")]
     assert steps == [1, 2]
-    stats = callbacks.figure1_stats(
+    stats = indicators.figure1_stats(
         network.arch_weights(), network.genotype(), network.operators
     )
     got = tensor_values(acc, "figure1/none_weight_avg")[-1][1]

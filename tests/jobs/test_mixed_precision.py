@@ -5,8 +5,8 @@ stay float32, batch norm keeps float32 statistics, logits are float32,
 mixed_float16 trains through a `LossScaleOptimizer` that clips after
 unscaling, and checkpoints / the SavedModel work under each policy. Tiny
 networks (3 cells, C = 4, 16x16 digits, 2 steps per epoch); float32 is
-covered by tests/test_retrain.py and tests/test_export.py, and bfloat16
-differs from float16 only by its missing loss scaling, so only the
+covered by tests/jobs/test_retrain.py and tests/jobs/test_export.py, and
+bfloat16 differs from float16 only by its missing loss scaling, so only the
 mixed_float16 launcher run is in the default suite (~15-30 s).
 """
 
@@ -16,50 +16,38 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from tests.helpers import REPO_ROOT
-from tf_amended_darts.core import distribute
+from tests.helpers import (
+    REPO_ROOT,
+    RETRAIN_TINY,
+    flags_with,
+    h5_datasets,
+    retrain_flag_values,
+    run_retrain_launcher,
+)
+from tf_amended_darts.core import replicas
 from tf_amended_darts.core.optimizers import TorchSGD
-from tf_amended_darts.jobs import export, retrain, retrain_config
-from tf_amended_darts.nn import layers
+from tf_amended_darts.jobs import export, retrain, retrain_config, retrainer
+from tf_amended_darts.nn.batch_norm import BatchNorm
 from tf_amended_darts.vision import network
 
 MIXED = ("mixed_float16", "mixed_bfloat16")
 LOW = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 STEPS = 2  # training steps per epoch
-TINY = [
-    "--genotype=DARTS_V2",
-    "--dataset=digits",
-    "--image_size=16",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=8",
-    "--epochs=2",
-    f"--steps_per_epoch={STEPS}",
-    "--noauxiliary",
-    "--cutout=4",
-    "--drop_path_prob=0.2",
-    "--deterministic",
-    "--notensorboard",
-    "--verbose=0",
-]
+TINY = flags_with(
+    RETRAIN_TINY,
+    batch_size=8,
+    steps_per_epoch=STEPS,
+    deterministic=True,
+    tensorboard=False,
+)
 
 
 pytestmark = pytest.mark.usefixtures("restore_global_tf_state")
 
 
-def _flag_values(args):
-    fv = flags.FlagValues()
-    retrain_config.define_flags(fv)
-    fv(["retrain"] + list(args))
-    return fv
-
-
-def _run(args):
-    from launchers import retrain as launcher
-
-    return launcher.main(["retrain"], _flag_values(args))
+_flag_values = retrain_flag_values
+_run = run_retrain_launcher
 
 
 # --------------------------------------------------------------------------
@@ -87,8 +75,8 @@ def test_batch_norm_statistics_are_float32_under_mixed_policies(policy):
     rng = np.random.default_rng(0)
     x = (300.0 + 5.0 * rng.normal(size=(4, 6, 6, 3))).astype(np.float32)
     x = tf.cast(tf.cast(x, LOW[policy]), "float32")  # representable values
-    mixed = layers.BatchNorm(affine=True, dtype=policy)
-    full = layers.BatchNorm(affine=True, dtype="float32")
+    mixed = BatchNorm(affine=True, dtype=policy)
+    full = BatchNorm(affine=True, dtype="float32")
     out = mixed(x, training=True)
     expected = full(x, training=True)
     assert out.dtype == LOW[policy]
@@ -146,17 +134,17 @@ def test_loss_scale_optimizer_clips_after_unscaling():
     optimizer.build([variable])
     # The true gradient (3, 4, 0) has norm 5: clipped to norm 1. Clipping
     # the scaled gradient instead would leave a step 1 / scale long.
-    distribute.apply_mean_gradients(
+    replicas.apply_mean_gradients(
         optimizer, [tf.constant([3.0, 4.0, 0.0]) * scale], [variable]
     )
     np.testing.assert_allclose(variable.numpy(), [-0.6, -0.8, 0.0], rtol=1e-6)
     # A non-finite gradient skips the step and halves the scale.
-    distribute.apply_mean_gradients(
+    replicas.apply_mean_gradients(
         optimizer, [tf.constant([np.inf, 0.0, 0.0])], [variable]
     )
     np.testing.assert_allclose(variable.numpy(), [-0.6, -0.8, 0.0], rtol=1e-6)
     assert float(optimizer.dynamic_scale) == scale / 2
-    assert retrain.base_optimizer(optimizer) is optimizer.inner_optimizer
+    assert retrainer.base_optimizer(optimizer) is optimizer.inner_optimizer
 
 
 def test_only_mixed_float16_scales_the_loss():
@@ -171,14 +159,14 @@ def test_only_mixed_float16_scales_the_loss():
             auxiliary=False,
             dtype_policy=policy,
         )
-        net = retrain.build_network(config)
-        model = retrain.build_retrainer(config, net, 1)
+        net = retrainer.build_network(config)
+        model = retrainer.build_retrainer(config, net, 1)
         scaled = isinstance(
             model.optimizer, keras.optimizers.LossScaleOptimizer
         )
         assert scaled == (policy == "mixed_float16"), policy
-        assert isinstance(retrain.base_optimizer(model.optimizer), TorchSGD)
-        inner = retrain.base_optimizer(model.optimizer)
+        assert isinstance(retrainer.base_optimizer(model.optimizer), TorchSGD)
+        inner = retrainer.base_optimizer(model.optimizer)
         assert inner.global_clipnorm == config.grad_clip
 
 
@@ -217,7 +205,7 @@ def test_retrain_resume_and_export_under_each_policy(
 
     config = retrain.load_config(d)
     assert config.dtype_policy == policy
-    float32 = retrain.build_network(
+    float32 = retrainer.build_network(
         retrain_config.RetrainConfig(
             **{**config.to_dict(), "dtype_policy": "float32"}
         )
@@ -226,8 +214,8 @@ def test_retrain_resume_and_export_under_each_policy(
     assert all(np.isfinite(result[k]) for k in ("test_top1_error",))
 
     # The checkpoint restores the optimiser of the policy, state included.
-    net = retrain.build_network(config)
-    model = retrain.build_retrainer(config, net, STEPS)
+    net = retrainer.build_network(config)
+    model = retrainer.build_retrainer(config, net, STEPS)
     model.load_weights(export.latest_checkpoint(d))
     assert {v.dtype for v in net.weights} == {"float32"}
     optimizer = model.optimizer
@@ -235,7 +223,7 @@ def test_retrain_resume_and_export_under_each_policy(
     if policy == "mixed_float16":
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         scale = float(optimizer.dynamic_scale)
-        assert 0 < scale <= retrain.INITIAL_LOSS_SCALE
+        assert 0 < scale <= retrainer.INITIAL_LOSS_SCALE
     x = np.random.default_rng(0).normal(size=(3, 16, 16, 3)).astype("f4")
     logits = net(x, training=False)
     assert logits.dtype == "float32"
@@ -262,19 +250,7 @@ def test_retrain_resume_and_export_under_each_policy(
 def test_mixed_float16_resume_equals_an_uninterrupted_run(
     tmp_path, monkeypatch
 ):
-    import h5py
-
-    def weights(path):
-        out = {}
-        with h5py.File(path, "r") as f:
-            f.visititems(
-                lambda name, obj: (
-                    out.__setitem__(name, obj[()])
-                    if isinstance(obj, h5py.Dataset)
-                    else None
-                )
-            )
-        return out
+    weights = h5_datasets
 
     args = TINY + ["--dtype_policy=mixed_float16"]
     straight = str(tmp_path / "straight")
@@ -312,8 +288,7 @@ tf.config.set_logical_device_configuration(
 import json
 import keras
 import numpy as np
-from tf_amended_darts.core import distribute
-from tf_amended_darts.jobs import retrain
+from tf_amended_darts.core import distribute, replicas
 from tf_amended_darts.core.optimizers import TorchSGD
 strategy = distribute.make_strategy("mirrored")
 S = 2.0**10
@@ -332,7 +307,7 @@ def step(bad):
         # Replica 0: 2 * (3, 4, 0), replica 1: 0 (or inf): mean (3, 4, 0).
         g = (1.0 - i) * tf.constant([6.0, 8.0, 0.0]) * S
         g = tf.where(bad & (i > 0), tf.constant([np.inf, 0, 0]), g)
-        distribute.apply_mean_gradients(opt, [g], [w])
+        replicas.apply_mean_gradients(opt, [g], [w])
     strategy.run(fn)
 
 out = []

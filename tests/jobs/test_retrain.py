@@ -9,61 +9,33 @@ import json
 import os
 import shutil
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from tests.helpers import REPO_ROOT
-from tf_amended_darts.jobs import retrain, retrain_config
+from tests.helpers import (
+    REPO_ROOT,
+    RETRAIN_TINY,
+    flags_with,
+    h5_datasets,
+    retrain_flag_values,
+    run_retrain_launcher,
+)
+from tf_amended_darts.jobs import retrain, retrain_config, retrainer
 from tf_amended_darts.vision import data, network
 from tf_amended_darts.vision import genotype as G
 
-TINY = [
-    "--genotype=DARTS_V2",
-    "--dataset=digits",
-    "--image_size=16",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=16",
-    "--epochs=2",
-    "--steps_per_epoch=3",
-    "--noauxiliary",
-    "--cutout=4",
-    "--drop_path_prob=0.2",
-    "--deterministic",
-    "--verbose=0",
-]
+TINY = flags_with(RETRAIN_TINY, steps_per_epoch=3, deterministic=True)
 
 
 pytestmark = pytest.mark.usefixtures("restore_global_tf_state")
 
 
-def _flag_values(args):
-    fv = flags.FlagValues()
-    retrain_config.define_flags(fv)
-    fv(["retrain"] + list(args))
-    return fv
+_flag_values = retrain_flag_values
+_run = run_retrain_launcher
 
 
-def _run(args):
-    from launchers import retrain as launcher
-
-    return launcher.main(["retrain"], _flag_values(args))
-
-
-def _weights(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: (
-                out.__setitem__(name, obj[()])
-                if isinstance(obj, h5py.Dataset)
-                else None
-            )
-        )
-    return out
+_weights = h5_datasets
 
 
 def _rows(model_dir):
@@ -83,10 +55,10 @@ def straight(tmp_path_factory):
 
 
 def test_linear_schedule_is_per_epoch_and_reaches_the_final_lr():
-    schedule = retrain.EpochLinearDecay(0.5, 0.0, 4, 10)
+    schedule = retrainer.EpochLinearDecay(0.5, 0.0, 4, 10)
     lrs = [float(schedule(step)) for step in (0, 9, 10, 25, 39, 40, 100)]
     np.testing.assert_allclose(lrs, [0.5, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0])
-    config = retrain.EpochLinearDecay(**schedule.get_config()).get_config()
+    config = retrainer.EpochLinearDecay(**schedule.get_config()).get_config()
     assert config == schedule.get_config()
 
 
@@ -98,11 +70,11 @@ def test_label_smoothed_cross_entropy_matches_the_darts_formula():
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     target = (1 - eps) * np.eye(7)[labels] + eps / 7
     expected = (-target * log_p).sum(-1).mean()
-    got = float(retrain.cross_entropy(labels, logits, eps))
+    got = float(retrainer.cross_entropy(labels, logits, eps))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     plain = -log_p[np.arange(5), labels].mean()
     np.testing.assert_allclose(
-        float(retrain.cross_entropy(labels, logits)), plain, rtol=1e-6
+        float(retrainer.cross_entropy(labels, logits)), plain, rtol=1e-6
     )
 
 
@@ -116,8 +88,10 @@ def test_training_loss_adds_the_weighted_auxiliary_loss():
         init_channels=4,
         auxiliary=False,
     )
-    model = retrain.Retrainer(
-        retrain.build_network(config), auxiliary_weight=0.4, label_smoothing=0.1
+    model = retrainer.Retrainer(
+        retrainer.build_network(config),
+        auxiliary_weight=0.4,
+        label_smoothing=0.1,
     )
     rng = np.random.default_rng(1)
     logits, aux = (
@@ -125,9 +99,9 @@ def test_training_loss_adds_the_weighted_auxiliary_loss():
     )
     y = np.array([1, 2, 3, 4])
     loss, main = model.compute_training_loss(y, (logits, aux))
-    expected = retrain.cross_entropy(
+    expected = retrainer.cross_entropy(
         y, logits, 0.1
-    ) + 0.4 * retrain.cross_entropy(y, aux, 0.1)
+    ) + 0.4 * retrainer.cross_entropy(y, aux, 0.1)
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
     np.testing.assert_array_equal(main, logits)
 
@@ -144,7 +118,7 @@ def test_imagenet_configs_build_the_imagenet_network():
         lr_schedule="linear",
         label_smoothing=0.1,
     )
-    net = retrain.build_network(config)
+    net = retrainer.build_network(config)
     assert isinstance(net, network.NetworkImageNet)
     assert net.num_classes == 1000 and net.built
     with pytest.raises(ValueError, match="--init_channels"):

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.batch_norm import (
+    BN_MOMENTUM,
+    PYTORCH_BN_EPSILON,
+    BatchNorm,
+)
+from tf_amended_darts.nn.contexts import frozen_statistics, statistics_frozen
+from tf_amended_darts.nn.conv import Conv2D, DepthwiseConv2D
+from tf_amended_darts.nn.graph_constants import graph_constant
+from tf_amended_darts.nn.pooling import AvgPool2D, MaxPool2D
+from tf_amended_darts.nn.spatial import subsample_hw
 
 F64 = "float64"
 FD_EPS = 1e-6  # central-difference step (float64)
@@ -188,34 +197,34 @@ def check_derivatives(fn, params, x, seed=0, eps=FD_EPS, rtol=FD_RTOL):
 SHAPE = (2, 5, 5, 3)
 
 SINGLE_LAYERS = {
-    "bn_affine": lambda: L.BatchNorm(affine=True, dtype=F64),
-    "bn_non_affine": lambda: L.BatchNorm(affine=False, dtype=F64),
-    "max_pool_s1": lambda: L.MaxPool2D(3, 1, 1, dtype=F64),
-    "max_pool_s2": lambda: L.MaxPool2D(3, 2, 1, dtype=F64),
-    "avg_pool_s1": lambda: L.AvgPool2D(3, 1, 1, dtype=F64),
-    "avg_pool_s2": lambda: L.AvgPool2D(3, 2, 1, dtype=F64),
-    "avg_pool_incl_pad": lambda: L.AvgPool2D(
+    "bn_affine": lambda: BatchNorm(affine=True, dtype=F64),
+    "bn_non_affine": lambda: BatchNorm(affine=False, dtype=F64),
+    "max_pool_s1": lambda: MaxPool2D(3, 1, 1, dtype=F64),
+    "max_pool_s2": lambda: MaxPool2D(3, 2, 1, dtype=F64),
+    "avg_pool_s1": lambda: AvgPool2D(3, 1, 1, dtype=F64),
+    "avg_pool_s2": lambda: AvgPool2D(3, 2, 1, dtype=F64),
+    "avg_pool_incl_pad": lambda: AvgPool2D(
         3, 2, 1, count_include_pad=True, dtype=F64
     ),
-    "conv_k3_s1": lambda: L.Conv2D(4, 3, 1, 1, dtype=F64),
-    "conv_k1_s2": lambda: L.Conv2D(4, 1, 2, 0, dtype=F64),
-    "conv_k3_s2_dil2": lambda: L.Conv2D(2, 3, 2, 2, dilation=2, dtype=F64),
-    "depthwise_k3_s2": lambda: L.DepthwiseConv2D(3, 2, 1, dtype=F64),
-    "depthwise_k3_s2_dil2": lambda: L.DepthwiseConv2D(
+    "conv_k3_s1": lambda: Conv2D(4, 3, 1, 1, dtype=F64),
+    "conv_k1_s2": lambda: Conv2D(4, 1, 2, 0, dtype=F64),
+    "conv_k3_s2_dil2": lambda: Conv2D(2, 3, 2, 2, dilation=2, dtype=F64),
+    "depthwise_k3_s2": lambda: DepthwiseConv2D(3, 2, 1, dtype=F64),
+    "depthwise_k3_s2_dil2": lambda: DepthwiseConv2D(
         3, 2, 2, dilation=2, dtype=F64
     ),
-    "depthwise_bias": lambda: L.DepthwiseConv2D(
+    "depthwise_bias": lambda: DepthwiseConv2D(
         3, 1, 1, use_bias=True, dtype=F64
     ),
     # Undilated padding paths: 'SAME' (stride 1, 2 p = k - 1), tf.pad.
-    "depthwise_k5_s1": lambda: L.DepthwiseConv2D(5, 1, 2, dtype=F64),
-    "depthwise_k3_s1_p2": lambda: L.DepthwiseConv2D(3, 1, 2, dtype=F64),
+    "depthwise_k5_s1": lambda: DepthwiseConv2D(5, 1, 2, dtype=F64),
+    "depthwise_k3_s1_p2": lambda: DepthwiseConv2D(3, 1, 2, dtype=F64),
     # Dilated depthwise paths: space-to-batch (stride 1), x[::d] (stride ==
     # dilation, padding a multiple of it, above), generic (below).
-    "depthwise_k3_s1_dil2": lambda: L.DepthwiseConv2D(
+    "depthwise_k3_s1_dil2": lambda: DepthwiseConv2D(
         3, 1, 2, dilation=2, dtype=F64
     ),
-    "depthwise_k3_s2_dil2_p1": lambda: L.DepthwiseConv2D(
+    "depthwise_k3_s2_dil2_p1": lambda: DepthwiseConv2D(
         3, 2, 1, dilation=2, dtype=F64
     ),
 }
@@ -224,9 +233,9 @@ SINGLE_LAYERS = {
 # PyTorch's stride-2 windows need explicit padding.
 EVEN_SHAPE = (2, 6, 6, 3)
 EVEN_LAYERS = {
-    "max_pool_s2_even": lambda: L.MaxPool2D(3, 2, 1, dtype=F64),
-    "avg_pool_s2_even": lambda: L.AvgPool2D(3, 2, 1, dtype=F64),
-    "conv_k3_s2_even": lambda: L.Conv2D(4, 3, 2, 1, dtype=F64),
+    "max_pool_s2_even": lambda: MaxPool2D(3, 2, 1, dtype=F64),
+    "avg_pool_s2_even": lambda: AvgPool2D(3, 2, 1, dtype=F64),
+    "conv_k3_s2_even": lambda: Conv2D(4, 3, 2, 1, dtype=F64),
 }
 
 
@@ -243,7 +252,7 @@ def test_layer_derivatives_on_even_sizes_match_finite_differences(name):
 
 
 def test_relu_derivatives_match_finite_differences():
-    conv = L.Conv2D(4, 3, 1, 1, dtype=F64)
+    conv = Conv2D(4, 3, 1, 1, dtype=F64)
     fn, params, x = single_layer_case(conv, SHAPE)
     check_derivatives(lambda p, h: tf.nn.relu(fn(p, h)), params, x)
 
@@ -252,16 +261,16 @@ def test_relu_derivatives_match_finite_differences():
 def test_max_pool_after_relu_ties_match_finite_differences(strides):
     # ReLU zeros tie inside pooling windows; stock tf.nn.max_pool2d's
     # graph-mode second derivative is wrong here (design.md).
-    conv = L.Conv2D(4, 3, 1, 1, dtype=F64)
-    pool = L.MaxPool2D(3, strides, 1, dtype=F64)
+    conv = Conv2D(4, 3, 1, 1, dtype=F64)
+    pool = MaxPool2D(3, strides, 1, dtype=F64)
     fn, params, x = single_layer_case(conv, SHAPE)
     check_derivatives(lambda p, h: pool(tf.nn.relu(fn(p, h))), params, x)
 
 
 def test_concatenation_derivatives_match_finite_differences():
-    conv = L.Conv2D(2, 3, 1, 1, dtype=F64)
-    pool = L.MaxPool2D(3, 1, 1, dtype=F64)
-    bn = L.BatchNorm(affine=True, dtype=F64)
+    conv = Conv2D(2, 3, 1, 1, dtype=F64)
+    pool = MaxPool2D(3, 1, 1, dtype=F64)
+    bn = BatchNorm(affine=True, dtype=F64)
     x = tf.constant(np.random.default_rng(1).normal(size=SHAPE), F64)
     conv(x), pool(x), bn(tf.zeros((1, 5, 5, 8), F64))
 
@@ -274,9 +283,9 @@ def test_concatenation_derivatives_match_finite_differences():
 
 
 def test_weighted_sum_derivatives_match_finite_differences():
-    conv = L.DepthwiseConv2D(3, 1, 1, dtype=F64)
-    pool = L.AvgPool2D(3, 1, 1, dtype=F64)
-    bn = L.BatchNorm(affine=False, dtype=F64)
+    conv = DepthwiseConv2D(3, 1, 1, dtype=F64)
+    pool = AvgPool2D(3, 1, 1, dtype=F64)
+    bn = BatchNorm(affine=False, dtype=F64)
     x = tf.constant(np.random.default_rng(2).normal(size=SHAPE), F64)
     conv(x), pool(x), bn(x)
     logits = np.array([0.2, -0.5, 0.9])
@@ -292,7 +301,7 @@ def test_weighted_sum_derivatives_match_finite_differences():
 
 def test_tape_on_variables_matches_stateless_hvp():
     """Nested tapes on the layer's own variables agree with stateless_call."""
-    bn = L.BatchNorm(affine=True, dtype=F64)
+    bn = BatchNorm(affine=True, dtype=F64)
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=SHAPE), F64)
     bn(x)
@@ -330,7 +339,7 @@ def test_tape_on_variables_matches_stateless_hvp():
 # ---------------------------------------------------------------------------
 
 
-def _np_bn_train(x, gamma, beta, eps=L.PYTORCH_BN_EPSILON):
+def _np_bn_train(x, gamma, beta, eps=PYTORCH_BN_EPSILON):
     mean = x.mean(axis=(0, 1, 2))
     var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
@@ -341,7 +350,7 @@ def test_batch_norm_training_forward_matches_numpy_and_keras(dtype):
     rng = np.random.default_rng(4)
     x = (rng.normal(size=(4, 3, 3, 5)) * 2 + 1).astype(dtype)
     gamma, beta = rng.normal(size=5), rng.normal(size=5)
-    bn = L.BatchNorm(dtype=dtype)
+    bn = BatchNorm(dtype=dtype)
     bn.build(x.shape)
     bn.gamma.assign(gamma)
     bn.beta.assign(beta)
@@ -349,7 +358,7 @@ def test_batch_norm_training_forward_matches_numpy_and_keras(dtype):
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(y, _np_bn_train(x, gamma, beta), atol=tol)
     stock = keras.layers.BatchNormalization(
-        momentum=L.BN_MOMENTUM, epsilon=L.PYTORCH_BN_EPSILON, dtype=dtype
+        momentum=BN_MOMENTUM, epsilon=PYTORCH_BN_EPSILON, dtype=dtype
     )
     stock.build(x.shape)
     stock.gamma.assign(gamma)
@@ -362,7 +371,7 @@ def test_batch_norm_training_forward_matches_numpy_and_keras(dtype):
 
 def test_batch_norm_moving_statistics_follow_pytorch():
     rng = np.random.default_rng(5)
-    bn = L.BatchNorm(affine=False, dtype=F64)
+    bn = BatchNorm(affine=False, dtype=F64)
     mean, var = np.zeros(3), np.ones(3)
     for step in range(2):
         x = rng.normal(size=(2, 3, 3, 3)) * (step + 2) + step
@@ -379,8 +388,8 @@ def test_batch_norm_moving_statistics_follow_pytorch():
 
 
 def test_batch_norm_weights():
-    assert len(L.BatchNorm(affine=False)(np.zeros((1, 2, 2, 3))).shape) == 4
-    affine, plain = L.BatchNorm(), L.BatchNorm(affine=False)
+    assert len(BatchNorm(affine=False)(np.zeros((1, 2, 2, 3))).shape) == 4
+    affine, plain = BatchNorm(), BatchNorm(affine=False)
     affine.build((None, 4, 4, 6))
     plain.build((None, 4, 4, 6))
     assert [v.name for v in affine.trainable_variables] == ["gamma", "beta"]
@@ -426,7 +435,7 @@ POOL_CASES = [  # (size, pool_size, strides, padding)
 @pytest.mark.parametrize("size,k,s,p", POOL_CASES)
 def test_max_pool_forward_matches_pytorch_semantics(size, k, s, p, dtype):
     x = np.random.default_rng(6).normal(size=(2, size, size, 2)) - 3.0
-    y = L.MaxPool2D(k, s, p, dtype=dtype)(x.astype(dtype))
+    y = MaxPool2D(k, s, p, dtype=dtype)(x.astype(dtype))
     np.testing.assert_allclose(y, _np_pool(x, k, s, p, "max"), rtol=1e-6)
     if (size, s) == (32, 2):
         assert y.shape == (2, 16, 16, 2)
@@ -436,7 +445,7 @@ def test_max_pool_forward_matches_pytorch_semantics(size, k, s, p, dtype):
 @pytest.mark.parametrize("size,k,s,p", POOL_CASES)
 def test_avg_pool_forward_matches_pytorch_semantics(size, k, s, p, include):
     x = np.random.default_rng(7).normal(size=(2, size, size, 2))
-    layer = L.AvgPool2D(k, s, p, count_include_pad=include, dtype=F64)
+    layer = AvgPool2D(k, s, p, count_include_pad=include, dtype=F64)
     expected = _np_pool(x, k, s, p, "avg", count_include_pad=include)
     np.testing.assert_allclose(layer(x), expected, rtol=1e-12)
     assert layer.compute_output_shape(x.shape) == expected.shape
@@ -465,7 +474,7 @@ def _np_max_pool_grad(x, w, k, s, p):
 def test_max_pool_gradient_at_ties_goes_to_first_maximum(size, k, s, p, jit):
     rng = np.random.default_rng(11)
     x = rng.integers(0, 3, size=(2, size, size, 2)).astype(F64)  # ties
-    layer = L.MaxPool2D(k, s, p, dtype=F64)
+    layer = MaxPool2D(k, s, p, dtype=F64)
     w = rng.normal(size=layer.compute_output_shape(x.shape))
 
     @tf.function(jit_compile=jit)  # XLA: the shifted-slices fallback
@@ -484,7 +493,7 @@ def test_max_pool_gradient_at_ties_goes_to_first_maximum(size, k, s, p, jit):
 def test_max_pool_xla_fallback_matches_gather_and_its_hvp(strides):
     # XLA has no arg-max pooling: under jit_compile the layer takes maxima
     # of shifted slices; both must agree on outputs and second derivatives.
-    layer = L.MaxPool2D(3, strides, 1, dtype=F64)
+    layer = MaxPool2D(3, strides, 1, dtype=F64)
     rng = np.random.default_rng(12)
     x, v = (tf.constant(rng.normal(size=EVEN_SHAPE)) for _ in range(2))
 
@@ -510,13 +519,13 @@ def test_max_pool_xla_fallback_matches_gather_and_its_hvp(strides):
 
 
 DYNAMIC_LAYERS = [
-    lambda: L.MaxPool2D(3, 2, 1, dtype=F64),
-    lambda: L.AvgPool2D(3, 2, 1, dtype=F64),
-    lambda: L.AvgPool2D(3, 1, 1, dtype=F64),
-    lambda: L.AvgPool2D(3, 2, 1, count_include_pad=True, dtype=F64),
-    lambda: L.DepthwiseConv2D(3, 1, 2, dilation=2, dtype=F64),
-    lambda: L.DepthwiseConv2D(3, 2, 2, dilation=2, dtype=F64),
-    lambda: L.Conv2D(3, 3, 2, 1, dtype=F64),
+    lambda: MaxPool2D(3, 2, 1, dtype=F64),
+    lambda: AvgPool2D(3, 2, 1, dtype=F64),
+    lambda: AvgPool2D(3, 1, 1, dtype=F64),
+    lambda: AvgPool2D(3, 2, 1, count_include_pad=True, dtype=F64),
+    lambda: DepthwiseConv2D(3, 1, 2, dilation=2, dtype=F64),
+    lambda: DepthwiseConv2D(3, 2, 2, dilation=2, dtype=F64),
+    lambda: Conv2D(3, 3, 2, 1, dtype=F64),
 ]
 
 
@@ -574,8 +583,8 @@ CONV_CASES = [  # (size, kernel_size, strides, padding, dilation)
 @pytest.mark.parametrize("size,k,s,p,d", CONV_CASES)
 def test_convolutions_match_pytorch_semantics(size, k, s, p, d, dtype):
     x = np.random.default_rng(8).normal(size=(2, size, size, 3))
-    conv = L.Conv2D(4, k, s, p, dilation=d, dtype=dtype)
-    dw = L.DepthwiseConv2D(k, s, p, dilation=d, dtype=dtype)
+    conv = Conv2D(4, k, s, p, dilation=d, dtype=dtype)
+    dw = DepthwiseConv2D(k, s, p, dilation=d, dtype=dtype)
     tol = 1e-5 if dtype == "float32" else 1e-12
     for layer, depthwise in ((conv, False), (dw, True)):
         y = layer(x.astype(dtype))
@@ -593,7 +602,7 @@ def test_subsample_hw_matches_numpy_slicing(size, stride, start, known):
     x = np.random.default_rng(3).normal(size=(2, size, size + 1, 3))
     spec = (2, size, size + 1, 3) if known else (None, None, None, 3)
     sub = tf.function(
-        lambda h: L.subsample_hw(h, stride, start=start),
+        lambda h: subsample_hw(h, stride, start=start),
         input_signature=[tf.TensorSpec(spec, tf.float64)],
     )
     np.testing.assert_array_equal(
@@ -602,11 +611,11 @@ def test_subsample_hw_matches_numpy_slicing(size, stride, start, known):
 
 
 def test_conv_kernel_shapes_and_default_init():
-    conv = L.Conv2D(None, 3, padding=1)
+    conv = Conv2D(None, 3, padding=1)
     conv.build((None, 8, 8, 6))
     assert tuple(conv.kernel.shape) == (3, 3, 6, 6)
     assert conv.trainable_variables == [conv.kernel]  # no bias
-    dw = L.DepthwiseConv2D(5, padding=2)
+    dw = DepthwiseConv2D(5, padding=2)
     dw.build((None, 8, 8, 6))
     assert tuple(dw.kernel.shape) == (5, 5, 6, 1)
     # PyTorch init bounds 1 / sqrt(fan_in): fan_in = 54 and 25.
@@ -623,9 +632,9 @@ def test_stateless_call_returns_updated_moving_statistics():
     model = keras.Sequential(
         [
             keras.Input((5, 5, 3)),
-            L.Conv2D(4, 3, 2, 1),
-            L.BatchNorm(affine=True),
-            L.MaxPool2D(3, 1, 1),
+            Conv2D(4, 3, 2, 1),
+            BatchNorm(affine=True),
+            MaxPool2D(3, 1, 1),
         ]
     )
     x = np.random.default_rng(9).normal(size=(2, 5, 5, 3)).astype("float32")
@@ -660,21 +669,21 @@ def test_stateless_call_returns_updated_moving_statistics():
 def test_frozen_statistics_normalise_without_updates():
     rng = np.random.default_rng(14)
     x = tf.constant(rng.normal(size=(4, 3, 3, 5)) * 2 + 1, "float32")
-    bn = L.BatchNorm(affine=True)
+    bn = BatchNorm(affine=True)
     bn.build(x.shape)
     bn.gamma.assign(rng.normal(size=5))
     before = [np.asarray(v) for v in bn.non_trainable_variables]
     traced = tf.function(lambda h: bn(h, training=True))
-    assert not L.statistics_frozen()
-    with L.frozen_statistics():
-        assert L.statistics_frozen()
-        with L.frozen_statistics():  # nests
+    assert not statistics_frozen()
+    with frozen_statistics():
+        assert statistics_frozen()
+        with frozen_statistics():  # nests
             pass
-        assert L.statistics_frozen()
+        assert statistics_frozen()
         frozen_eager = bn(x, training=True)
         graph = traced.get_concrete_function(x).graph
         frozen_graph = traced(x)
-    assert not L.statistics_frozen()
+    assert not statistics_frozen()
     types = [op.type for op in graph.get_operations()]
     assert not [t for t in types if t.startswith("Assign")]
     assert types.count("ReadVariableOp") == 2  # gamma and beta only
@@ -691,14 +700,14 @@ def test_frozen_statistics_normalise_without_updates():
 
 
 def test_frozen_statistics_under_stateless_call():
-    bn = L.BatchNorm(affine=False)
+    bn = BatchNorm(affine=False)
     x = np.random.default_rng(15).normal(size=(2, 4, 4, 3)).astype("float32")
     bn.build(x.shape)
     non_trainable = [v.value for v in bn.non_trainable_variables]
 
     @tf.function
     def run(h):
-        with L.frozen_statistics():
+        with frozen_statistics():
             return bn.stateless_call([], non_trainable, h, training=True)
 
     y, new_non_trainable = run(x)
@@ -714,7 +723,7 @@ def test_frozen_statistics_reach_replica_threads_of_the_traced_graph():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     x = tf.constant(np.ones((2, 3, 3, 4)), "float32")
     with strategy.scope():
-        bn = L.BatchNorm(affine=False)
+        bn = BatchNorm(affine=False)
         bn.build(x.shape)
     threads = []
 
@@ -727,7 +736,7 @@ def test_frozen_statistics_reach_replica_threads_of_the_traced_graph():
         def step(h):
             if not frozen:
                 return strategy.run(replica, (h,))
-            with L.frozen_statistics():
+            with frozen_statistics():
                 return strategy.run(replica, (h,))
 
         graph = step.get_concrete_function(x).graph
@@ -740,7 +749,7 @@ def test_frozen_statistics_reach_replica_threads_of_the_traced_graph():
 
 def test_moving_variance_with_unknown_batch_size_is_unbiased():
     x = np.random.default_rng(16).normal(size=(3, 2, 2, 4))
-    static, dynamic = L.BatchNorm(dtype=F64), L.BatchNorm(dtype=F64)
+    static, dynamic = BatchNorm(dtype=F64), BatchNorm(dtype=F64)
     static(x, training=True)
     dynamic.build(x.shape)
     spec = tf.TensorSpec((None, None, None, 4), F64)
@@ -752,10 +761,10 @@ def test_moving_variance_with_unknown_batch_size_is_unbiased():
 def test_graph_constants_are_shared_and_free_of_control_dependencies():
     @tf.function
     def fn(h):
-        first = L.graph_constant((0, 1, 2), tf.int32)
+        first = graph_constant((0, 1, 2), tf.int32)
         with tf.control_dependencies([tf.print(h)]):
-            again = L.graph_constant((0, 1, 2), tf.int32)
-            other = L.graph_constant(1e-5, h.dtype)
+            again = graph_constant((0, 1, 2), tf.int32)
+            other = graph_constant(1e-5, h.dtype)
         assert again is first
         assert not other.op.control_inputs
         return h
@@ -764,12 +773,12 @@ def test_graph_constants_are_shared_and_free_of_control_dependencies():
 
 
 CONFIG_LAYERS = [
-    lambda: L.BatchNorm(affine=False, momentum=0.8, epsilon=1e-4),
-    lambda: L.MaxPool2D(3, 2, 1),
-    lambda: L.AvgPool2D(3, 2, 1, count_include_pad=True),
-    lambda: L.Conv2D(6, 3, 2, 2, dilation=2),
-    lambda: L.Conv2D(None, 1),
-    lambda: L.DepthwiseConv2D(5, 1, 2, use_bias=True),
+    lambda: BatchNorm(affine=False, momentum=0.8, epsilon=1e-4),
+    lambda: MaxPool2D(3, 2, 1),
+    lambda: AvgPool2D(3, 2, 1, count_include_pad=True),
+    lambda: Conv2D(6, 3, 2, 2, dilation=2),
+    lambda: Conv2D(None, 1),
+    lambda: DepthwiseConv2D(5, 1, 2, use_bias=True),
 ]
 
 
@@ -794,17 +803,17 @@ def test_config_round_trip(index):
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: L.MaxPool2D(3, 1, -1), "Received: padding=-1"),
-        (lambda: L.MaxPool2D(3, 1, 2), "Received: padding=2"),
-        (lambda: L.AvgPool2D(0), "Received: pool_size=0"),
-        (lambda: L.AvgPool2D(count_include_pad=1), "count_include_pad=1"),
-        (lambda: L.Conv2D(4, 3, strides=0), "Received: strides=0"),
-        (lambda: L.Conv2D(0, 3), "Received: filters=0"),
-        (lambda: L.DepthwiseConv2D(3, dilation=0), "Received: dilation=0"),
-        (lambda: L.Conv2D(4, 3, padding=1.5), "Received: padding=1.5"),
-        (lambda: L.BatchNorm(momentum=1.5), "Received: momentum=1.5"),
-        (lambda: L.BatchNorm(epsilon=0.0), "Received: epsilon=0.0"),
-        (lambda: L.BatchNorm(affine="yes"), "Received: affine='yes'"),
+        (lambda: MaxPool2D(3, 1, -1), "Received: padding=-1"),
+        (lambda: MaxPool2D(3, 1, 2), "Received: padding=2"),
+        (lambda: AvgPool2D(0), "Received: pool_size=0"),
+        (lambda: AvgPool2D(count_include_pad=1), "count_include_pad=1"),
+        (lambda: Conv2D(4, 3, strides=0), "Received: strides=0"),
+        (lambda: Conv2D(0, 3), "Received: filters=0"),
+        (lambda: DepthwiseConv2D(3, dilation=0), "Received: dilation=0"),
+        (lambda: Conv2D(4, 3, padding=1.5), "Received: padding=1.5"),
+        (lambda: BatchNorm(momentum=1.5), "Received: momentum=1.5"),
+        (lambda: BatchNorm(epsilon=0.0), "Received: epsilon=0.0"),
+        (lambda: BatchNorm(affine="yes"), "Received: affine='yes'"),
     ],
 )
 def test_argument_errors_echo_the_value(make, message):

@@ -1,8 +1,8 @@
-"""Batch norm's hand-written derivatives (`layers.normalize_batch`).
+"""Batch norm's hand-written derivatives (`normalize_batch`).
 
 The oracle is TensorFlow's autodiff of the plain formula
 ``(x - mean) * rsqrt(mean((x - mean)^2) + eps)`` (itself checked against
-float64 finite differences in tests/test_layers.py), in float64 inside
+float64 finite differences in tests/nn/test_layers.py), in float64 inside
 `tf.function`: the amended step's ``H v`` and ``D H v`` through one batch
 norm, and a third derivative, must agree to rounding. The derivatives are
 recorded on the tapes, never registered: tracing must leave TensorFlow's
@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
 from tf_amended_darts.core import bilevel
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.batch_norm_grad import normalize_batch
 
 F64 = tf.float64
 SHAPE = (3, 4, 4, 2)
@@ -39,7 +39,7 @@ def _plain(x, axes, epsilon):
 
 
 def _subject(fused):
-    return lambda x, axes, eps: L.normalize_batch(x, axes, eps, fused=fused)
+    return lambda x, axes, eps: normalize_batch(x, axes, eps, fused=fused)
 
 
 def _problem(normalize, seed=0, dtype=F64):
@@ -127,7 +127,7 @@ def test_third_derivative_matches_autodiff_of_plain_formula(variant):
 
 def test_float32_runs_the_fused_kernels_in_every_pass():
     """The forward, the VJP and the VJP inside the second derivative."""
-    loss_fn, w, a, v = _problem(L.normalize_batch, 0, tf.float32)
+    loss_fn, w, a, v = _problem(normalize_batch, 0, tf.float32)
     graph = (
         tf.function(bilevel.amended_product_exact)
         .get_concrete_function(loss_fn, w, a, v)
@@ -141,7 +141,7 @@ def test_float32_runs_the_fused_kernels_in_every_pass():
 
 
 def test_nothing_is_registered_globally():
-    loss_fn, w, a, v = _problem(L.normalize_batch)
+    loss_fn, w, a, v = _problem(normalize_batch)
     before = len(tf_ops._gradient_registry.list())
     tf.function(bilevel.amended_product_exact)(loss_fn, w, a, v)
     assert len(tf_ops._gradient_registry.list()) == before

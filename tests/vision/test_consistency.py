@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from tf_amended_darts.core import engine
 from tf_amended_darts.core.checkpoint import EpochCheckpointer
+from tf_amended_darts.nn.drop_path import DropPathSchedule
+from tf_amended_darts.vision import auxiliary
 from tf_amended_darts.vision import network as N
 from tf_amended_darts.vision.cells import MixedEdge
 from tf_amended_darts.vision.supernet import SearchNetwork
@@ -68,7 +70,7 @@ def test_aux_logits_in_training_only():
 
 def _closed_form_aux_params(c_in, num_classes):
     # 1x1 conv (no bias), affine BN, 2x2 conv (no bias), affine BN, linear.
-    c1, c2 = N.AUX_CHANNELS_1, N.AUX_CHANNELS_2
+    c1, c2 = auxiliary.AUX_CHANNELS_1, auxiliary.AUX_CHANNELS_2
     return (
         c_in * c1
         + 2 * c1
@@ -248,7 +250,7 @@ def test_inference_and_zero_probability_are_unaffected():
 
 def test_drop_path_schedule_ramps_the_variable():
     net = _net(drop_path_prob=0.2, size=16)
-    schedule = N.DropPathSchedule(0.2, epochs=4)
+    schedule = DropPathSchedule(0.2, epochs=4)
     schedule.set_model(net)
     schedule.on_epoch_begin(2)
     assert net.drop_path_prob == pytest.approx(0.1)

@@ -20,7 +20,8 @@ import pytest
 import tensorflow as tf
 
 from tf_amended_darts.core import bilevel
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.batch_norm import BatchNorm
+from tf_amended_darts.nn.contexts import frozen_statistics
 from tf_amended_darts.vision import ops
 from tf_amended_darts.vision.supernet import SearchNetwork
 
@@ -111,14 +112,14 @@ def test_operator_forward_graph_size(name, stride):
     x = _input()
     call = _training_call(op)
     assert _count(call, x) <= limit
-    with L.frozen_statistics():
+    with frozen_statistics():
         assert _count(call, x) <= frozen_limit
 
 
 @pytest.mark.parametrize("affine", [False, True])
 def test_batch_norm_graph_size(affine):
     limit, frozen_limit, inference_limit = BN_LIMITS[affine]
-    bn = L.BatchNorm(affine=affine)
+    bn = BatchNorm(affine=affine)
     bn.build(INPUT_SHAPE)
     x = _input()
 
@@ -126,18 +127,18 @@ def test_batch_norm_graph_size(affine):
         return bn(h, training=True)
 
     assert _count(train, x) <= limit
-    with L.frozen_statistics():
+    with frozen_statistics():
         assert _count(train, x) <= frozen_limit
     assert _count(lambda h: bn(h, training=False), x) <= inference_limit
 
 
 def test_batch_norm_amended_product_graph_size():
-    bn = L.BatchNorm(affine=False)
+    bn = BatchNorm(affine=False)
     bn.build(INPUT_SHAPE)
     x = _input()
 
     def loss_fn(w, a):
-        with L.frozen_statistics():
+        with frozen_statistics():
             return tf.reduce_sum(tf.sin(bn(x * w[0], training=True) * a[0]))
 
     def product(w, a, v):
@@ -173,7 +174,7 @@ def test_supernet_forward_graph_size():
         return net(h, training=True)
 
     assert _count(forward, x) <= SUPERNET_LIMIT
-    with L.frozen_statistics():
+    with frozen_statistics():
         graph = _graph(forward, x)
     assert len(graph.as_graph_def().node) <= SUPERNET_FROZEN_LIMIT
     # Frozen passes make no moving-statistic assignment.

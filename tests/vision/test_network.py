@@ -8,10 +8,13 @@ import pytest
 import tensorflow as tf
 from absl import app, flags
 
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.conv import Conv2D, DepthwiseConv2D
+from tf_amended_darts.nn.drop_path import DropPathSchedule, drop_path
+from tf_amended_darts.nn.linear import Linear
 from tf_amended_darts.vision import flops, network, search_space
 from tf_amended_darts.vision import genotype as G
 from tf_amended_darts.vision import ops as O
+from tf_amended_darts.vision.discrete_cell import DiscreteCell
 
 # "param size = 3.169414MB" printed by the DARTS reference cnn/train.py
 # (quark0/darts) for DARTS_V1, C = 36, 20 cells, auxiliary head excluded.
@@ -152,13 +155,13 @@ def test_cifar_macs_closed_form():
 
 
 def test_layer_macs_formulas():
-    c2d = L.Conv2D(6, 3, 2, 1)
+    c2d = Conv2D(6, 3, 2, 1)
     c2d.build((None, 8, 8, 4))
     assert flops.layer_macs(c2d, (1, 4, 4, 6)) == 4 * 4 * 6 * 4 * 9
-    dw = L.DepthwiseConv2D(5, 1, 4, 2)
+    dw = DepthwiseConv2D(5, 1, 4, 2)
     dw.build((None, 8, 8, 4))
     assert flops.layer_macs(dw, (1, 8, 8, 4)) == 8 * 8 * 4 * 25
-    fc = network.Linear(7)
+    fc = Linear(7)
     fc.build((None, 3))
     assert flops.layer_macs(fc, (1, 7)) == 21
 
@@ -210,7 +213,7 @@ def test_inference_ignores_drop_path(small_net):
 
 
 def _cell(edges, concat=(2,), channels=4, **kwargs):
-    return network.DiscreteCell(
+    return DiscreteCell(
         edges, concat, False, False, channels, seed=5, **kwargs
     )
 
@@ -238,14 +241,14 @@ def test_drop_path_rate_and_scaling_on_other_ops():
     )
     # Per-sample: masks are whole samples, rescaled by 1 / keep.
     x = tf.ones((20000, 2, 2, 3))
-    z = network.drop_path(x, 0.3, seed=1).numpy()
+    z = drop_path(x, 0.3, seed=1).numpy()
     assert set(np.unique(z)) <= {0.0, np.float32(1 / 0.7)}
     assert np.all(z.min(axis=(1, 2, 3)) == z.max(axis=(1, 2, 3)))
     assert abs((z[:, 0, 0, 0] == 0).mean() - 0.3) < 0.015
 
 
 def test_drop_path_schedule_ramps_variable(small_net):
-    schedule = network.DropPathSchedule(0.2, epochs=10)
+    schedule = DropPathSchedule(0.2, epochs=10)
     schedule.set_model(small_net)
     for epoch, expected in ((0, 0.0), (5, 0.1), (9, 0.18)):
         schedule.on_epoch_begin(epoch)
@@ -261,7 +264,7 @@ def test_drop_path_schedule_ramps_variable(small_net):
     assert step.experimental_get_tracing_count() == 1
     assert np.isfinite(y).all()
     with pytest.raises(ValueError, match="max_prob=1.5"):
-        network.DropPathSchedule(1.5, 10)
+        DropPathSchedule(1.5, 10)
     with pytest.raises(ValueError, match="drop_path_prob=1.0"):
         small_net.drop_path_prob = 1.0
 
@@ -311,7 +314,7 @@ def test_get_config_round_trip(small_net):
     )
     assert isinstance(restored, network.NetworkCIFAR)
     cell = small_net.cells[1]
-    twin = network.DiscreteCell.from_config(cell.get_config())
+    twin = DiscreteCell.from_config(cell.get_config())
     assert twin.get_config() == cell.get_config()
     for layer in (small_net.auxiliary_head, small_net.classifier):
         again = type(layer).from_config(layer.get_config())

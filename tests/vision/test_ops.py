@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.batch_norm import PYTORCH_BN_EPSILON, BatchNorm
+from tf_amended_darts.nn.contexts import frozen_statistics
 from tf_amended_darts.vision import ops
 
 try:  # pytest's default (prepend) import mode puts tests/ on sys.path.
@@ -123,7 +124,7 @@ def test_factorized_reduce_matches_reference_alignment():
     # PyTorch: cat([conv_1(x), conv_2(x[:, :, 1:, 1:])]), 1x1 stride 2.
     expected = np.concatenate(
         [relu[:, ::2, ::2] @ w1, relu[:, 1:, 1:][:, ::2, ::2] @ w2], axis=-1
-    ) / np.sqrt(1.0 + L.PYTORCH_BN_EPSILON)
+    ) / np.sqrt(1.0 + PYTORCH_BN_EPSILON)
     np.testing.assert_allclose(y, expected, rtol=1e-12)
 
 
@@ -138,7 +139,7 @@ def test_factorized_reduce_pads_the_shifted_half_on_odd_sizes():
     shifted = np.pad(relu[:, 1:, 1:], [(0, 0), (0, 1), (0, 1), (0, 0)])
     expected = np.concatenate(
         [relu[:, ::2, ::2] @ w1, shifted[:, ::2, ::2] @ w2], axis=-1
-    ) / np.sqrt(1.0 + L.PYTORCH_BN_EPSILON)
+    ) / np.sqrt(1.0 + PYTORCH_BN_EPSILON)
     np.testing.assert_allclose(y, expected, rtol=1e-12)
 
 
@@ -154,7 +155,7 @@ def _op_case(name, stride, affine, shape, seed):
     op = ops.make_op(name, shape[-1], stride, affine=affine, dtype=F64)
     layers = [op]
     if "pool" in name:  # the search MixedOp appends a non-affine BN
-        layers.append(L.BatchNorm(affine=False, dtype=F64))
+        layers.append(BatchNorm(affine=False, dtype=F64))
     x = np.random.default_rng(seed).normal(size=shape)
     h = x
     for layer in layers:
@@ -190,7 +191,7 @@ def test_graph_hvp_matches_finite_differences(name, stride, affine):
 
 def _graph_hvp(op, x, v):
     """Graph-mode HVP w.r.t. the input of sum(sin(bn(relu(op(x)))))."""
-    bn = L.BatchNorm(affine=False, dtype=op.dtype_policy)
+    bn = BatchNorm(affine=False, dtype=op.dtype_policy)
     kwargs = {"training": True} if op._call_has_training_arg else {}
 
     @tf.function
@@ -223,7 +224,7 @@ def test_float32_graph_hvp_matches_float64(name, stride):
         else:
             op.set_weights(weights)
         h, direction = (tf.constant(a, dtype) for a in (x, v))
-        with L.frozen_statistics():
+        with frozen_statistics():
             results.append(_graph_hvp(op, h, direction))
     exact, single = results
     assert np.linalg.norm(single - exact) < 1e-4 * np.linalg.norm(exact)

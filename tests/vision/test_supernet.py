@@ -48,6 +48,23 @@ def test_reduction_cells_and_channels():
     assert len(bn_params) == 2
 
 
+def test_classifier_is_initialised_as_torch_linear():
+    # DARTS model_search.py: nn.Linear(C_prev, num_classes), uniform in
+    # +-1/sqrt(fan_in) for kernel and bias (issue 13: it was Keras' Dense
+    # with Glorot kernel and zero bias, unlike every other layer).
+    keras.utils.set_random_seed(0)
+    net = _net(layers=3, init_channels=16)
+    kernel, bias = net.classifier.kernel.numpy(), net.classifier.bias.numpy()
+    fan_in = kernel.shape[0]
+    bound = 1.0 / np.sqrt(fan_in)
+    assert fan_in == 4 * 64  # 4 nodes x C = 64 after two reductions
+    for w in (kernel, bias):
+        assert np.abs(w).max() <= bound
+        # spread over the whole interval (a uniform sample, not zeros)
+        assert np.abs(w).max() > 0.8 * bound
+        assert abs(w.std() - bound / np.sqrt(3)) < 0.25 * bound / np.sqrt(3)
+
+
 def test_genotype_follows_the_weights():
     net = _net()
     w = np.full((14, 8), -5.0)
@@ -136,7 +153,7 @@ def test_mixed_edge_computes_one_relu_of_its_input(stride):
     # sep_conv (x2 blocks), dil_conv and factorized reduction all start
     # with relu(x): one shared ReLU, and the same values and gradients as
     # each operator computing its own.
-    from tf_amended_darts.nn import layers as L
+    from tf_amended_darts.vision import cells
     from tf_amended_darts.vision.cells import MixedEdge
 
     keras.utils.set_random_seed(0)
@@ -162,12 +179,12 @@ def test_mixed_edge_computes_one_relu_of_its_input(stride):
 
     assert relus_of_input() == 1
     shared = tf.function(value_and_grad)(x)
-    original = L.shared_relu
+    original = cells.shared_relu
     try:  # a context that shares nothing: every operator its own ReLU
-        L.shared_relu = contextlib.nullcontext
+        cells.shared_relu = contextlib.nullcontext
         assert relus_of_input() == (5 if stride == 2 else 4)
         unshared = tf.function(value_and_grad)(x)
     finally:
-        L.shared_relu = original
+        cells.shared_relu = original
     for a, b in zip(shared, unshared, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

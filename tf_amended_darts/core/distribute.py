@@ -1,4 +1,4 @@
-"""The only place a `tf.distribute` strategy is built, and replica helpers.
+"""The only place a `tf.distribute` strategy is built.
 
 Strategies (``--strategy``, `make_strategy`):
 
@@ -16,19 +16,8 @@ Strategies (``--strategy``, `make_strategy`):
 Batches: ``--batch_size`` is the GLOBAL batch; each step splits it evenly
 over the replicas (`per_replica_batch_size` checks that it divides).
 
-Gradients (`apply_mean_gradients`): every ``train_step`` here computes a
-per-replica loss (a mean over the replica's examples) and its gradients in
-replica context. A Keras 3 optimiser's ``apply`` on the TensorFlow backend
-all-reduces the gradients it gets with a SUM (``_all_reduce_sum_gradients``
-in ``keras/src/backend/tensorflow/optimizer.py``), but it clips them
-(``global_clipnorm``, ``clipnorm``, ``clipvalue``) BEFORE that all-reduce,
-i.e. per replica. Dividing by the number of replicas thus gives the mean
-gradient only without clipping; with clipping the update would depend on
-the replica count. `apply_mean_gradients` therefore all-reduces the
-gradients itself when the optimiser clips, clips the mean, and hands the
-optimiser ``clipped / replicas`` (whose norm is below the threshold, so the
-optimiser's own clip leaves it unchanged up to rounding, and whose sum is
-the clipped mean).
+Replica-context helpers (`replicas`) and the multi-worker loop
+(`custom_loop`) have modules of their own.
 
 Launching N workers (``--strategy=multi_worker``): start the same command
 once per worker, every worker with its own ``TF_CONFIG``, the same flags and
@@ -53,9 +42,7 @@ the others wait in their next collective operation.
 
 import json
 import os
-import weakref
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -168,6 +155,39 @@ def parse_tf_config(environ=None):
     return config
 
 
+def require_gpus(num_gpus, flag="--num_gpus"):
+    """The visible logical GPUs, or a ValueError if fewer than asked for.
+
+    The message names the flag, the GPUs TensorFlow sees, and the likely
+    cause: a CPU-only TensorFlow build (``pip install -e ".[cpu]"``, the
+    default) cannot see any GPU; ``pip install -e ".[gpu]"`` installs the
+    CUDA build (setup.py).
+
+    Args:
+        num_gpus: how many GPUs the run needs.
+        flag: the flag named in the message.
+
+    Returns:
+        The list of visible logical GPU devices.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if num_gpus > len(gpus):
+        cuda = tf.test.is_built_with_cuda()
+        build = (
+            "TensorFlow is built with CUDA; check CUDA_VISIBLE_DEVICES and "
+            "the driver (nvidia-smi)"
+            if cuda
+            else 'this TensorFlow is a CPU-only build: install the CUDA '
+            'build with pip install -e ".[gpu]"'
+        )
+        raise ValueError(
+            f"Invalid {flag}={num_gpus}: {len(gpus)} GPU(s) visible to "
+            f"TensorFlow {tf.__version__} ({build}). Accepted values: 0 to "
+            f"{len(gpus)}."
+        )
+    return gpus
+
+
 def make_strategy(name="default", num_gpus=0):
     """Builds the `tf.distribute.Strategy` of ``--strategy``.
 
@@ -198,12 +218,7 @@ def make_strategy(name="default", num_gpus=0):
         return _STRATEGIES[name]
     if name == "default" and not num_gpus:
         return tf.distribute.get_strategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if num_gpus > len(gpus):
-        raise ValueError(
-            f"Invalid --num_gpus={num_gpus}: {len(gpus)} GPU(s) visible. "
-            f"Accepted values: 0 to {len(gpus)}."
-        )
+    gpus = require_gpus(num_gpus)
     if name == "default":
         return tf.distribute.get_strategy()
     if gpus:
@@ -338,245 +353,7 @@ def _restore_read_only(model, directory):
 # `train_step`).
 
 
-def num_replicas():
-    """Replicas in sync of the current replica context (1 outside one)."""
-    context = tf.distribute.get_replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
-
-
-def cross_replica_mean(values):
-    """The cross-replica mean of a list of tensors (replica context).
-
-    The identity with one replica or outside a replica context.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return list(values)
-    return list(context.all_reduce(tf.distribute.ReduceOp.MEAN, list(values)))
-
-
-def _clips(optimizer):
-    return any(
-        getattr(optimizer, key, None)
-        for key in ("global_clipnorm", "clipnorm", "clipvalue")
-    )
-
-
-def _clip(optimizer, grads):
-    """Clips as ``optimizer`` would (Keras precedence), on global values."""
-    if optimizer.clipnorm:
-        return [tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
-    if optimizer.global_clipnorm:
-        return tf.clip_by_global_norm(grads, optimizer.global_clipnorm)[0]
-    v = optimizer.clipvalue
-    return [tf.clip_by_value(g, -v, v) for g in grads]
-
-
-def apply_mean_gradients(optimizer, grads, variables):
-    """Applies the cross-replica mean of per-replica gradients.
-
-    In replica context, with equal per-replica batches: the update equals
-    the one-replica update on the global batch, clipping included (see the
-    module docstring). With one replica it is ``optimizer.apply``.
-
-    A `keras.optimizers.LossScaleOptimizer` (mixed_float16) gets gradients
-    of the scaled loss; its inner optimiser's clip must act on the unscaled
-    cross-replica mean, so under several replicas the mean is unscaled,
-    clipped and rescaled here. The wrapper then checks finiteness (every
-    replica sees the same gradients, so all skip or apply a step together)
-    and unscales; the inner optimiser's own per-replica clip leaves the
-    already clipped values alone.
-
-    Args:
-        optimizer: a Keras optimiser built on ``variables`` (possibly a
-            `LossScaleOptimizer`).
-        grads: this replica's gradients of its mean loss (of the scaled
-            loss for a `LossScaleOptimizer`; ``None``: zeros).
-        variables: the variables, in the order of ``grads``.
-    """
-    variables = list(variables)
-    grads = [
-        tf.zeros_like(v) if g is None else g
-        for g, v in zip(grads, variables, strict=True)
-    ]
-    replicas = num_replicas()
-    if replicas > 1:
-        clipper = optimizer
-        scale = None
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            clipper = optimizer.inner_optimizer
-            scale = tf.convert_to_tensor(optimizer.dynamic_scale)
-        if _clips(clipper):
-            grads = cross_replica_mean(grads)
-            if scale is not None:
-                grads = [g / scale for g in grads]
-            grads = _clip(clipper, grads)
-            if scale is not None:
-                grads = [g * scale for g in grads]
-        # The optimiser sums over the replicas.
-        grads = [g / replicas for g in grads]
-    optimizer.apply(grads, variables)
-
-
 # --------------------------------------------------------------------------
 # The custom training loop (multi-worker).
 
 
-# model -> {method name: its traced step}: a search calls `custom_fit` once
-# per epoch, and tracing the supernet's bi-level step is the slow part.
-_STEP_FUNCTIONS = weakref.WeakKeyDictionary()
-
-
-def _step_function(model, method):
-    steps = _STEP_FUNCTIONS.setdefault(model, {})
-    if method not in steps:
-        strategy = model.distribute_strategy
-        owner = weakref.ref(model)  # the cache must not keep it alive
-
-        @tf.function
-        def step(batch):
-            model = owner()
-            logs = strategy.run(getattr(model, method), args=(batch,))
-            # Non-metric values (e.g. the learning rate): their mean over
-            # the replicas, as `fit` logs them. Metrics: read here, in
-            # cross-replica context, their (sync-on-read) variables sum
-            # over all replicas of all workers: the global values.
-            logs = {
-                key: strategy.reduce("MEAN", value, axis=None)
-                for key, value in logs.items()
-            }
-            logs.update(model.get_metrics_result())
-            return logs
-
-        steps[method] = step
-    return steps[method]
-
-
-def train_function(model):
-    """The `tf.function` running one ``model.train_step`` on every replica.
-
-    Args:
-        model: a Keras model built in the scope of its strategy.
-
-    Returns:
-        ``step(distributed_batch) -> logs``: the model's metrics over all
-        replicas (of all workers), and the replica mean of other values.
-    """
-    return _step_function(model, "train_step")
-
-
-def test_function(model):
-    """Like `train_function`, for ``model.test_step``."""
-    return _step_function(model, "test_step")
-
-
-def _data_sharded(dataset):
-    """``dataset`` auto-sharded by elements (DATA) across workers.
-
-    Every worker runs the whole (seeded, hence identical) pipeline and
-    keeps its replicas' shares of each global batch, so a step sees the
-    global batch a single process would. The default (AUTO) would shard by
-    input file where it can, giving each worker other examples.
-    """
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
-    return dataset.with_options(options)
-
-
-def custom_fit(
-    model,
-    dataset,
-    *,
-    steps_per_epoch,
-    epochs=1,
-    initial_epoch=0,
-    callbacks=None,
-    verbose=0,
-):
-    """``model.fit`` for one finite dataset per epoch, as a custom loop.
-
-    Each step is ``strategy.run(model.train_step, args=(batch,))`` inside a
-    `tf.function`, ``strategy`` being the model's (the scope it was built
-    in); the dataset is distributed with
-    ``strategy.experimental_distribute_dataset`` (its batches are global).
-    No Keras private API is patched: this is the loop Keras'
-    MultiWorkerMirroredStrategy support lacks (keras-team/keras#20585), and
-    it works under any strategy. The logs are the model's metrics over all
-    replicas of all workers (`train_function`): every worker sees the same
-    values, so callbacks that stop training (e.g. a NaN guard) stop every
-    worker at the same step.
-
-    Args:
-        model: a compiled Keras model whose ``train_step`` returns a dict of
-            logs (e.g. `engine.BilevelSearch`).
-        dataset: a `tf.data.Dataset` of global batches, or a callable
-            ``epoch -> dataset`` (a fresh pipeline per epoch).
-        steps_per_epoch: steps per epoch (the dataset must have them).
-        epochs: index of the last epoch + 1, as in ``fit``.
-        initial_epoch: the first epoch's index.
-        callbacks: Keras callbacks (epoch and batch hooks are called).
-        verbose: 0 silent, 1 progress bar, 2 one line per epoch.
-
-    Returns:
-        The `keras.callbacks.History`.
-    """
-    strategy = model.distribute_strategy
-    step = train_function(model)
-    history = keras.callbacks.History()
-    callback_list = keras.callbacks.CallbackList(
-        list(callbacks or []) + [history],
-        add_progbar=verbose != 0,
-        model=model,
-        verbose=verbose,
-        epochs=epochs,
-        steps=steps_per_epoch,
-    )
-    model.stop_training = False
-    callback_list.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
-        model.reset_metrics()
-        callback_list.on_epoch_begin(epoch)
-        data = dataset(epoch) if callable(dataset) else dataset
-        iterator = iter(
-            strategy.experimental_distribute_dataset(_data_sharded(data))
-        )
-        logs = {}
-        for index in range(steps_per_epoch):
-            callback_list.on_train_batch_begin(index)
-            logs = step(next(iterator))
-            callback_list.on_train_batch_end(index, logs)
-            if model.stop_training:
-                break
-        logs = {k: float(v) for k, v in logs.items()}
-        callback_list.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    callback_list.on_train_end(logs)
-    return history
-
-
-def custom_evaluate(model, dataset):
-    """``model.evaluate`` as a custom loop over ``strategy.run(test_step)``.
-
-    Runs through the whole (finite) dataset of global batches; a replica
-    may get an empty last batch, so ``test_step``'s metrics must weigh
-    examples, not batches.
-
-    Args:
-        model: a compiled Keras model whose ``test_step`` returns logs.
-        dataset: a `tf.data.Dataset` of global batches.
-
-    Returns:
-        The final logs, as floats.
-    """
-    strategy = model.distribute_strategy
-    step = test_function(model)
-    model.reset_metrics()
-    logs = {}
-    for batch in strategy.experimental_distribute_dataset(
-        _data_sharded(dataset)
-    ):
-        logs = step(batch)
-    return {k: float(v) for k, v in logs.items()}

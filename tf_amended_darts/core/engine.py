@@ -26,16 +26,16 @@ state of that pass) and discards every other value its passes compute.
 Networks without the attribute are unaffected.
 
 Distribution (`distribute.py` builds the strategy; ``train_step`` runs in
-replica context, under ``fit`` or `distribute.custom_fit`): an update with
+replica context, under ``fit`` or `custom_loop.custom_fit`): an update with
 R replicas equals the one-replica update on the same global batch, for
-every estimator and product mode (tests/test_distribute.py measures it):
+every estimator and product mode (tests/core/test_distribute.py measures it):
 
 * losses are per-replica means over equal per-replica batches (the search
   datasets drop the last partial batch);
 * the estimator all-reduces (mean) the vectors that feed its products
   (``v``, ``H . v``, the virtual step's gradient), so ``D . H . v`` is the
   product of the global batch, not a sum of per-replica products;
-* `distribute.apply_mean_gradients` applies the cross-replica mean of the
+* `replicas.apply_mean_gradients` applies the cross-replica mean of the
   architecture and weight gradients. The Keras 3 TensorFlow optimiser sums
   gradients across replicas, but clips them before that sum, per replica;
   so when an optimiser clips (the weight optimiser's global norm 5), the
@@ -52,7 +52,7 @@ every estimator and product mode (tests/test_distribute.py measures it):
   2 logical CPUs it grew the traced ``first_order`` step from 49k to 77k
   graph nodes (tracing 18 s -> 29 s).
 
-Measured (tests/test_distribute.py, 2 logical CPUs, clipping active): after
+Measured (tests/core/test_distribute.py, 2 logical CPUs, clipping active): after
 three steps every variable and optimiser slot of 1 and 2 replicas agree to
 1e-6 relative for all five estimator / product settings, and the float64
 estimates through synchronized batch norm to 5e-15.
@@ -62,9 +62,16 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_amended_darts.core import bilevel, distribute, hparams
+from tf_amended_darts.core import (
+    bilevel,
+    hparams,
+    replicas,
+)
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
-from tf_amended_darts.nn import layers
+from tf_amended_darts.nn.contexts import (
+    frozen_statistics,
+    synchronized_statistics,
+)
 
 
 def unpack_pairs(data):
@@ -115,7 +122,7 @@ class BilevelSearch(keras.Model):
         aux_weight: weight of the auxiliary-head loss when the network
             returns ``(logits, aux_logits)``.
         sync_batch_norm: under several replicas, training-mode batch norms
-            (`layers.BatchNorm` built with ``synchronized=None``) use the
+            (`BatchNorm` built with ``synchronized=None``) use the
             statistics of the global batch (see the module docstring).
         virtual_step_clip_norm: ``second_order`` only: clip the virtual
             step's gradient to this global norm (`bilevel.VirtualStep`;
@@ -291,7 +298,7 @@ class BilevelSearch(keras.Model):
             values = [w[i] if kind == "w" else a[i] for kind, i in layout]
             # Batch statistics, no moving-statistic updates (they would be
             # discarded): a smaller graph.
-            with layers.frozen_statistics():
+            with frozen_statistics():
                 outputs, non_trainable_out = self.network.stateless_call(
                     values, non_trainable, x, training=True
                 )
@@ -306,7 +313,9 @@ class BilevelSearch(keras.Model):
         """What DARTS' virtual step reads from the weight optimiser."""
         opt = self.weight_optimizer
         return bilevel.VirtualStep(
-            learning_rate=opt.current_learning_rate(),
+            learning_rate=opt.current_learning_rate(
+                self.weight_variables[0].dtype
+            ),
             momentum=getattr(opt, "momentum", 0.0),
             momentum_buffers=(
                 [opt.momentum_buffer(v) for v in self.weight_variables]
@@ -348,14 +357,14 @@ class BilevelSearch(keras.Model):
                 if self.arch_grad == "second_order"
                 else None
             ),
-            reduce_mean=distribute.cross_replica_mean,
+            reduce_mean=replicas.cross_replica_mean,
         )
         return result, record.get("outputs")
 
     def train_step(self, data):
         if self.weight_optimizer is None:
             raise ValueError("Call BilevelSearch.compile() before fit().")
-        with layers.synchronized_statistics(self.sync_batch_norm):
+        with synchronized_statistics(self.sync_batch_norm):
             return self._train_step(data)
 
     def _train_step(self, data):
@@ -364,7 +373,7 @@ class BilevelSearch(keras.Model):
         result, val_outputs = self.arch_gradient(
             train_batch, val_batch, record
         )
-        distribute.apply_mean_gradients(
+        replicas.apply_mean_gradients(
             self.arch_optimizer, result.arch_grads, self.arch_variables
         )
         self._keep_validation_state(record.get("non_trainable"))
@@ -377,7 +386,7 @@ class BilevelSearch(keras.Model):
             outputs = self.network(x_t, training=True)
             loss = self.compute_search_loss(y_t, outputs)
         grads = tape.gradient(loss, self.weight_variables)
-        distribute.apply_mean_gradients(
+        replicas.apply_mean_gradients(
             self.weight_optimizer, grads, self.weight_variables
         )
 

@@ -16,12 +16,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 
-
-def invalid(field: str, expected: str, value) -> ValueError:
-    """The project's error for a bad field: names it and what is accepted."""
-    return ValueError(
-        f"Invalid `{field}`: expected {expected}. Received: {field}={value!r}"
-    )
+from tf_amended_darts.nn.validate import invalid
 
 
 def is_int(value) -> bool:

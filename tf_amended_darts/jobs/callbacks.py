@@ -31,17 +31,26 @@ import csv
 import io
 import math
 import os
-import time
 import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from tf_amended_darts.jobs.summaries import (
+    format_value,
+    heatmap_png,
+    scalar_logs,
+    scalar_value,
+    write_session_start,
+)
 from tf_amended_darts.vision import genotype as genotype_lib
-from tf_amended_darts.vision import search_space, visualize
+from tf_amended_darts.vision import visualize
+from tf_amended_darts.vision.indicators import (
+    edge_labels,
+    figure1_stats,
+    pair_labels,
+)
 
 GENOTYPES_DIR = "genotypes"
 LATEST_GENOTYPE = "genotype"  # genotype.json, genotype_normal.png, ...
@@ -49,240 +58,13 @@ ARCH_HISTORY_FILE = "arch_history.npz"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = os.path.join("tensorboard", "search")
 
-SKIP_OP = "skip_connect"
-# Operators with weights in the DARTS space (separable, dilated convs).
-PARAMETRIC_PREFIXES = ("sep_conv", "dil_conv")
-FIGURE1_KEYS = ("none_weight_avg", "skip_share", "parametric_ops_normal")
 
 _EPOCH = "epoch"
 _BETA_PREFIX = "beta_"
-_HEATMAP_DPI = 100
 
 
 # --------------------------------------------------------------------------
 # Helpers.
-
-
-def edge_labels(node_inputs) -> list[str]:
-    """Row labels of a cell's architecture weights.
-
-    Args:
-        node_inputs: for each intermediate node, its input states (state
-            0 is ``c_{k-2}``, 1 is ``c_{k-1}``, ``2 + i`` is node ``i``), as
-            ``search_space.edge_list`` or ``SearchNetwork.cell_inputs``
-            give them.
-
-    Returns:
-        One label per edge, in row order, e.g. ``"c_{k-2}->0"`` or
-        ``"1->3"`` (from node 1 to node 3).
-    """
-    return [
-        f"{visualize.state_name(i)}->{j}"
-        for j, inputs in enumerate(node_inputs)
-        for i in inputs
-    ]
-
-
-def pair_labels(steps: int) -> list[str]:
-    """Labels of the stage-1 pair probabilities of the ``searched`` layout.
-
-    Args:
-        steps: intermediate nodes per cell.
-
-    Returns:
-        One label per pair, in the order of ``search_space.input_pairs``,
-        e.g. ``"c_{k-2}+c_{k-1}->0"``.
-    """
-    return [
-        f"{visualize.state_name(a)}+{visualize.state_name(b)}->{j}"
-        for j in range(steps)
-        for a, b in search_space.input_pairs(j)
-    ]
-
-
-def _is_parametric(op: str) -> bool:
-    return op.startswith(PARAMETRIC_PREFIXES)
-
-
-def _normal_cells(genotype) -> list[tuple[str, tuple]]:
-    """``(arch key, derived edges)`` of each normal cell of a genotype."""
-    if genotype.cells is None:
-        return [("normal", genotype.normal)]
-    return [
-        (f"cell_{i}", cell.edges)
-        for i, cell in enumerate(genotype.cells)
-        if not cell.reduction
-    ]
-
-
-def figure1_stats(arch_weights, genotype, operators) -> dict:
-    """The quantities of the paper's Figure 1, for the normal cell(s).
-
-    Per-cell genotypes (S2) have several normal cells (keys ``cell_<i>``):
-    the ``none`` weight and the ``skip_connect`` share are taken over all
-    their edges together, and the parametric count is the mean per normal
-    cell (so that it stays on the scale of one cell).
-
-    Args:
-        arch_weights: ``{key: softmax weights (edges, operators)}`` as
-            ``SearchNetwork.arch_weights`` returns it.
-        genotype: the ``genotype.Genotype`` derived from these weights.
-        operators: the operator names of the weight columns.
-
-    Returns:
-        ``{"none_weight_avg": mean softmax weight of none over the normal
-        cells' edges (only when ``none`` is an operator and the weights of
-        a normal cell are given), "skip_share": fraction of skip_connect
-        among the operators kept in the derived normal cell(s),
-        "parametric_ops_normal": number of sep/dil convs in the derived
-        normal cell (mean over normal cells)}``, as floats; an empty dict
-        when the genotype has no normal cell.
-
-    Raises:
-        ValueError: when the weights of a normal cell do not have one
-            column per operator.
-    """
-    operators = tuple(operators)
-    cells = _normal_cells(genotype)
-    if not cells or not any(edges for _, edges in cells):
-        return {}
-    stats = {}
-    if search_space.NONE_OP in operators:
-        column = operators.index(search_space.NONE_OP)
-        rows = []
-        for key, _ in cells:
-            if key not in arch_weights:
-                continue
-            w = np.asarray(arch_weights[key], dtype=np.float64)
-            if w.ndim != 2 or w.shape[1] != len(operators):
-                raise ValueError(
-                    f"Invalid `arch_weights[{key!r}]`: expected shape "
-                    f"(edges, {len(operators)}) (one column per operator "
-                    f"of {operators}). Received shape {w.shape}."
-                )
-            rows.append(w[:, column])
-        if rows:
-            stats["none_weight_avg"] = float(np.mean(np.concatenate(rows)))
-    kept = [op for _, edges in cells for op, _ in edges]
-    stats["skip_share"] = sum(op == SKIP_OP for op in kept) / len(kept)
-    stats["parametric_ops_normal"] = sum(map(_is_parametric, kept)) / len(cells)
-    return {k: float(v) for k, v in stats.items()}
-
-
-def heatmap_png(
-    weights, operators, edge_labels, title=None, axis_labels=None
-) -> bytes:
-    """A heat map of one cell's softmax weights, as PNG bytes.
-
-    Operators are on the x axis, edges on the y axis, and each cell of the
-    map is annotated with its value.
-
-    Args:
-        weights: ``(len(edge_labels), len(operators))`` values.
-        operators: column labels.
-        edge_labels: row labels (see `edge_labels`).
-        title: optional title.
-        axis_labels: ``(x label, y label)``, default
-            ``("operator", "edge")``.
-
-    Returns:
-        The PNG file content.
-
-    Raises:
-        ValueError: when the shape does not match the labels.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    rows, cols = len(edge_labels), len(operators)
-    if w.shape != (rows, cols):
-        raise ValueError(
-            f"Invalid `weights`: expected shape ({rows}, {cols}) (edges x "
-            f"operators). Received shape {w.shape}."
-        )
-    figure = Figure(
-        figsize=(2.4 + 0.8 * cols, 1.4 + 0.3 * rows), layout="constrained"
-    )
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
-    finite = w[np.isfinite(w)]
-    vmax = max(float(finite.max()) if finite.size else 1.0, 1e-12)
-    image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
-    for r in range(rows):
-        for c in range(cols):
-            value = w[r, c]
-            bright = np.isfinite(value) and value > 0.6 * vmax
-            ax.text(
-                c,
-                r,
-                f"{value:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="black" if bright else "white",
-            )
-    ax.set_xticks(range(cols), list(operators), rotation=40, ha="right")
-    ax.set_yticks(range(rows), list(edge_labels))
-    ax.tick_params(labelsize=7)
-    x_label, y_label = axis_labels or ("operator", "edge")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    if title:
-        ax.set_title(title, fontsize=9)
-    figure.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_HEATMAP_DPI)
-    return buffer.getvalue()
-
-
-def _scalar(value):
-    """``value`` as a float when it is a single number, else ``None``."""
-    if isinstance(value, (str, bytes)):
-        return None
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return float(array.reshape(())) if array.size == 1 else None
-
-
-def _scalar_logs(logs) -> dict:
-    out = {}
-    for name, value in (logs or {}).items():
-        number = _scalar(value)
-        if number is not None:
-            out[str(name)] = number
-    return out
-
-
-def _format(value) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def write_session_start(writer, step: int) -> None:
-    """Marks a (re)start at ``step`` in the event file.
-
-    TensorBoard discards the events of earlier runs with steps ``>= step``
-    when it reads a second ``SessionLog.START``, so the epochs a resumed
-    search redoes are not plotted twice. Best effort: skipped if this
-    TensorFlow's writer does not expose its resource.
-    """
-    try:
-        from tensorboard.compat.proto import event_pb2
-    except ImportError:  # TensorBoard not installed: nothing to purge.
-        return
-    event = event_pb2.Event(
-        step=int(step),
-        wall_time=time.time(),
-        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
-    )
-    resource = getattr(writer, "_resource", None)
-    if resource is None:
-        return
-    try:
-        tf.raw_ops.ImportEvent(writer=resource, event=event.SerializeToString())
-    except (tf.errors.OpError, TypeError, ValueError):
-        pass
 
 
 # --------------------------------------------------------------------------
@@ -499,7 +281,7 @@ class SearchArtifacts(keras.callbacks.Callback):
         }
         genotype = self.network.genotype(metadata={_EPOCH: number})
         stats = figure1_stats(weights, genotype, self.network.operators)
-        scalars = _scalar_logs(logs)
+        scalars = scalar_logs(logs)
 
         self._write_genotype(genotype, number)
         self._truncate(number - 1)
@@ -513,7 +295,7 @@ class SearchArtifacts(keras.callbacks.Callback):
         for name in row:
             if name not in self._columns:
                 self._columns.append(name)
-        self._rows.append({k: _format(v) for k, v in row.items()})
+        self._rows.append({k: format_value(v) for k, v in row.items()})
         self._save_metrics()
 
         if self.tensorboard:
@@ -660,7 +442,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         for name in names:
             if name not in logs:
                 continue
-            value = _scalar(logs[name])
+            value = scalar_value(logs[name])
             if value is not None and not math.isfinite(value):
                 bad.append(f"{name}={value}")
         if not bad:

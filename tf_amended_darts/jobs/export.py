@@ -44,7 +44,7 @@ import tensorflow as tf
 from absl import flags
 
 from tf_amended_darts.core import checkpoint
-from tf_amended_darts.jobs import retrain
+from tf_amended_darts.jobs import retrain, retrainer
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import genotype as G
 
@@ -55,7 +55,7 @@ OUTPUT_PROBABILITIES = "probabilities"
 TFLITE_FILE = "model.tflite"
 GENOTYPE_ASSET = "genotype.json"
 EVAL_BATCH_SIZE = 100
-TOP_K = retrain.TOP_K
+TOP_K = retrainer.TOP_K
 
 
 # --------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def load_run(model_dir):
             no weights.
     """
     config = retrain.load_config(model_dir)
-    net = retrain.build_network(config)
+    net = retrainer.build_network(config)
     final = os.path.join(model_dir, retrain.FINAL_WEIGHTS)
     if os.path.isfile(final):
         net.load_weights(final)
@@ -106,7 +106,7 @@ def load_run(model_dir):
             f"--model_dir={model_dir} holds no {retrain.FINAL_WEIGHTS} and "
             f"no checkpoint in {retrain.CHECKPOINT_DIR}/: train it first."
         )
-    model = retrain.build_retrainer(config, net, 1)
+    model = retrainer.build_retrainer(config, net, 1)
     model.load_weights(latest)
     return config, net, latest
 

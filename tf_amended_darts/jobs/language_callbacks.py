@@ -17,8 +17,8 @@
   genotype as text. Rows of epochs after the one a rerun resumes from are
   dropped, so nothing is duplicated.
 
-The NaN guard and the heat map and session-start helpers are the CNN
-search's (`jobs.callbacks`), reused.
+The NaN guard (`jobs.callbacks`) and the heat map and session-start
+helpers (`jobs.summaries`) are the CNN search's, reused.
 """
 
 import csv
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_amended_darts.core import jsonio
-from tf_amended_darts.jobs import callbacks as cnn_callbacks
+from tf_amended_darts.jobs import summaries
 from tf_amended_darts.language import evaluation, space, visualize
 from tf_amended_darts.language import genotype as G
 
@@ -220,12 +220,12 @@ class LanguageArtifacts(keras.callbacks.Callback):
         if self._writer is None:
             os.makedirs(self.tensorboard_dir, exist_ok=True)
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
-            cnn_callbacks.write_session_start(self._writer, number)
+            summaries.write_session_start(self._writer, number)
         with self._writer.as_default(step=number):
             for name, value in scalars.items():
                 tf.summary.scalar(name, value)
             if weights is not None:
-                png = cnn_callbacks.heatmap_png(
+                png = summaries.heatmap_png(
                     weights, self.network.operators,
                     space.edge_labels(self.network.steps),
                     f"softmax(alpha), epoch {number}",

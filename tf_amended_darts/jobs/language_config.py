@@ -83,7 +83,8 @@ VISION_ONLY_SEARCH = (
     "space", "edges", "layers", "init_channels", "operators", "image_size",
     "train_portion", "weight_lr_min", "cutout", "auxiliary",
     "auxiliary_weight", "drop_path_prob", "dtype_policy", "strategy",
-    "num_gpus",
+    "num_gpus", "stop_when_stable", "fidelity_every",
+    "fidelity_cg_iterations", "fidelity_damping",
 )
 VISION_ONLY_TRAIN = (
     "manual_dir", "download", "image_size", "learning_rate_min",

@@ -14,6 +14,7 @@ import json
 from absl import flags
 
 from tf_amended_darts.core import distribute, hparams
+from tf_amended_darts.nn.drop_path import DROP_PATH_PROB
 from tf_amended_darts.vision import data, network
 from tf_amended_darts.vision import genotype as G
 
@@ -117,7 +118,7 @@ def define_flags(fv=flags.FLAGS):
     )
     flags.DEFINE_float(
         "drop_path_prob",
-        network.DROP_PATH_PROB,
+        DROP_PATH_PROB,
         "Drop-path probability, ramped linearly from 0.",
         **d,
     )
@@ -212,7 +213,7 @@ class RetrainConfig:
     init_channels: int = network.CIFAR_INIT_CHANNELS
     auxiliary: bool = True
     auxiliary_weight: float = AUXILIARY_WEIGHT
-    drop_path_prob: float = network.DROP_PATH_PROB
+    drop_path_prob: float = DROP_PATH_PROB
     cutout: int = CUTOUT
     label_smoothing: float = 0.0
     seed: int = 0

@@ -8,10 +8,18 @@ Run directory (``--model_dir``)::
     checkpoints/                 one atomic checkpoint per epoch
     genotypes/, arch_history.npz, metrics.csv, tensorboard/search/
                                  per-epoch artefacts (callbacks.py)
+    stopping.json                the stop rule's state (jobs/stopping.py)
     stage1/, stage2/             the same, per stage, for --edges=searched
 
 Resuming: rerunning the same command finds the newest checkpoint and goes on
-from the epoch after it; a finished stage is not rerun. Each epoch's data
+from the epoch after it; a finished stage is not rerun.
+
+Search to convergence (``--stop_when_stable=K``, `stopping`): a stage ends
+once its derived genotype has not changed for K epochs (``--epochs`` is
+the upper bound); the count survives a resume, and ``genotype.json``'s
+metadata records ``stable_since_epoch`` and ``epochs_run``. Stability
+indicators and the gradient fidelity (``--fidelity_every``) are logged per
+epoch by `monitors`. Each epoch's data
 pipeline is built from ``(seed, epoch)``, so a resumed run sees the same
 batches as an uninterrupted one.
 
@@ -19,7 +27,7 @@ Distribution (``--strategy``, ``--num_gpus``; `distribute.make_strategy`):
 ``--batch_size`` is the global batch of each half, split evenly over the
 replicas; the model and its optimisers are built in the strategy's scope.
 ``default`` and ``mirrored`` train with ``fit``; ``multi_worker`` with
-`distribute.custom_fit` (Keras' ``fit`` fails under it), with one process
+`custom_loop.custom_fit` (Keras' ``fit`` fails under it), with one process
 per worker (launch: `distribute` module docstring). Every worker computes
 the same updates; only the chief writes the run directory, and every
 worker resumes from the chief's checkpoints in the shared ``--model_dir``.
@@ -29,7 +37,7 @@ Consistency (``--consistency``, or ``--auxiliary`` / ``--drop_path_prob``
 head, whose loss (times ``--auxiliary_weight``) is part of both the training
 and the validation loss of the bi-level problem, and drop-path on every
 candidate operator but identity, ramped linearly from 0 at each stage's
-first epoch to ``--drop_path_prob`` (`network.DropPathSchedule`). Within one
+first epoch to ``--drop_path_prob`` (`DropPathSchedule`). Within one
 search step every pass of the architecture step (the validation pass and
 the estimator's products on the training batch) and the weight step use the
 same drop-path masks (the masks are a function of the seed state, which
@@ -47,16 +55,16 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from tf_amended_darts.core import distribute, engine
+from tf_amended_darts.core import custom_loop, distribute, engine
 from tf_amended_darts.core.optimizers import (
     EpochCosineDecay,
     TorchAdam,
     TorchSGD,
 )
-from tf_amended_darts.jobs import callbacks, precision
+from tf_amended_darts.jobs import callbacks, monitors, precision, stopping
+from tf_amended_darts.nn.drop_path import DropPathSchedule
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import genotype as G
-from tf_amended_darts.vision.network import DropPathSchedule
 from tf_amended_darts.vision.supernet import SearchNetwork
 
 PAIRS_FILE = "stage1_pairs.json"
@@ -229,6 +237,12 @@ def run_stage(
         fit_callbacks.append(
             DropPathSchedule(config.drop_path_prob, config.epochs)
         )
+    # Stop rule and stability indicators (--stop_when_stable,
+    # --fidelity_every): logged through the logs, before SearchArtifacts.
+    stopper = stopping.for_stage(config.stop_when_stable, stage_dir, start)
+    fit_callbacks += monitors.stage_callbacks(
+        config, search, stopper, chief, lambda: next(iter(_data(config, 0)[0]))
+    )
     artifacts = None
     if chief:
         artifacts = callbacks.SearchArtifacts(
@@ -240,6 +254,8 @@ def run_stage(
         fit_callbacks.append(artifacts)
     multi_worker = distribute.is_multi_worker(strategy)
     for epoch in range(start, config.epochs):
+        if stopper.should_stop:
+            break
         pairs, _, _ = _data(config, epoch)
         fit_args = dict(
             initial_epoch=epoch,
@@ -249,7 +265,7 @@ def run_stage(
             callbacks=fit_callbacks,
         )
         if multi_worker:
-            distribute.custom_fit(search, pairs, **fit_args)
+            custom_loop.custom_fit(search, pairs, **fit_args)
         else:
             search.fit(pairs, **fit_args)
         if chief:
@@ -262,6 +278,7 @@ def run_stage(
             "space": config.space,
             "edges": config.edges,
             "stage": stage,
+            **stopper.metadata(),
         }
     )
     if chief:

@@ -34,7 +34,7 @@ batch statistics (``mean((x - mean)^2)``, differentiable to every order) and
 updates the moving statistics at every call, as PyTorch does for the
 reference's one shared ``BatchNorm1d`` (momentum 0.1, unbiased variance):
 the statistics are carried through the time loop. Inside
-`nn.layers.frozen_statistics` (the engine's functional passes) nothing is
+`nn.contexts.frozen_statistics` (the engine's functional passes) nothing is
 updated. Inference normalises with the moving statistics.
 
 Reference: DARTS ``rnn/model.py`` (``DARTSCell``) and
@@ -44,10 +44,10 @@ Reference: DARTS ``rnn/model.py`` (``DARTSCell``) and
 import keras
 import tensorflow as tf
 
-from tf_amended_darts.core.jsonio import invalid
 from tf_amended_darts.language import space
 from tf_amended_darts.language.genotype import RecurrentGenotype
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.contexts import statistics_frozen
+from tf_amended_darts.nn.validate import invalid
 
 INIT_RANGE = 0.04  # [darts] rnn/model.py INITRANGE (uniform +-0.04)
 BN_EPSILON = 1e-5  # torch.nn.BatchNorm1d default eps
@@ -373,7 +373,7 @@ class SearchCell(_CellBase):
                 tf.convert_to_tensor(self.moving_mean),
                 tf.convert_to_tensor(self.moving_var),
             )
-        elif not L.statistics_frozen():
+        elif not statistics_frozen():
             extra = (
                 tf.convert_to_tensor(self.moving_mean),
                 tf.convert_to_tensor(self.moving_var),

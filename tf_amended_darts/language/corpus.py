@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_amended_darts.core.jsonio import invalid
+from tf_amended_darts.nn.validate import invalid
 
 DATASETS = ("ptb", "pydoc")
 PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")

@@ -33,8 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts.core.jsonio import invalid
 from tf_amended_darts.language import models
+from tf_amended_darts.nn.validate import invalid
 
 HALF_BPTT_PROB = 0.05  # [darts] rnn/train*.py: bptt / 2 with prob. 0.05
 SEQ_LEN_STD = 5  # [darts] rnn/train.py np.random.normal(bptt, 5)

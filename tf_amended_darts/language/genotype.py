@@ -29,8 +29,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 from tf_amended_darts.core import jsonio
-from tf_amended_darts.core.jsonio import invalid
 from tf_amended_darts.language import space
+from tf_amended_darts.nn.validate import invalid
 
 GENOTYPE_FORMAT = "tf_amended_darts.genotype"  # shared with vision's
 GENOTYPE_VERSION = 1

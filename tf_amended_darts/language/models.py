@@ -54,9 +54,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts.core.jsonio import invalid
 from tf_amended_darts.language import cells, space
 from tf_amended_darts.language import genotype as G
+from tf_amended_darts.nn.validate import invalid
 
 TRAIN_STREAM = 0
 VALID_STREAM = 1

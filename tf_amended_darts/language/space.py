@@ -22,7 +22,7 @@ Reference: DARTS ``rnn/genotypes.py`` (PRIMITIVES, STEPS, CONCAT) and
 
 from __future__ import annotations
 
-from tf_amended_darts.core.jsonio import invalid
+from tf_amended_darts.nn.validate import invalid
 
 # [darts] rnn/genotypes.py PRIMITIVES, in this order (the weight columns).
 PRIMITIVES = ("none", "tanh", "relu", "sigmoid", "identity")

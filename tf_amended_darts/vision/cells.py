@@ -12,9 +12,10 @@ import keras
 import tensorflow as tf
 from keras import ops as kops
 
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.batch_norm import BatchNorm
+from tf_amended_darts.nn.contexts import shared_relu
+from tf_amended_darts.nn.drop_path import drop_path
 from tf_amended_darts.vision import ops as O
-from tf_amended_darts.vision.network import drop_path
 
 NONE = "none"
 
@@ -38,7 +39,7 @@ class MixedEdge(keras.layers.Layer):
     ``drop_prob`` and a seed generator in training mode, each computed
     candidate's output except ``Identity`` (``skip_connect`` at stride 1)
     gets its own per-sample mask, as the re-training cell
-    (`network.DiscreteCell`) treats its operators.
+    (`discrete_cell.DiscreteCell`) treats its operators.
 
     Args:
         operators: candidate operator names (columns of the weights).
@@ -62,7 +63,7 @@ class MixedEdge(keras.layers.Layer):
             op = O.make_op(name, channels, stride, affine)
             if "pool" in name:
                 op = keras.Sequential(
-                    [op, L.BatchNorm(affine=False, name=f"{name}_bn")],
+                    [op, BatchNorm(affine=False, name=f"{name}_bn")],
                     name=f"{name}_seq",
                 )
             self.candidates.append(op)
@@ -97,7 +98,7 @@ class MixedEdge(keras.layers.Layer):
         # one unstack instead of a strided slice per operator
         weights = tf.unstack(weights, num=len(self.operators))
         out = None
-        with L.shared_relu():  # one relu(x) for all conv candidates
+        with shared_relu():  # one relu(x) for all conv candidates
             for k, op in zip(self.indices, self.candidates, strict=True):
                 h = op(x, training=training)
                 if apply_drop and not isinstance(op, O.Identity):

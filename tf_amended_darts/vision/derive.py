@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_amended_darts.nn.validate import invalid
 from tf_amended_darts.vision import search_space
 from tf_amended_darts.vision.genotype import (
     _FIRST_NODE_STATE,
@@ -21,7 +22,6 @@ from tf_amended_darts.vision.genotype import (
     Genotype,
     _is_int,
 )
-from tf_amended_darts.vision.search_space import _invalid
 
 
 def _operator_indices(operators) -> tuple[tuple[str, ...], list[int]]:
@@ -33,9 +33,9 @@ def _operator_indices(operators) -> tuple[tuple[str, ...], list[int]]:
 def _as_matrix(field: str, weights, rows: int, cols: int) -> np.ndarray:
     array = np.asarray(weights, dtype=np.float64)
     if array.shape != (rows, cols):
-        raise _invalid(f"{field}.shape", f"({rows}, {cols})", array.shape)
+        raise invalid(f"{field}.shape", f"({rows}, {cols})", array.shape)
     if not np.all(np.isfinite(array)):
-        raise _invalid(field, "finite values", array)
+        raise invalid(field, "finite values", array)
     return array
 
 
@@ -91,13 +91,13 @@ def derive_pruned_cell(weights, operators, steps: int = 4) -> tuple:
 
 def _check_inputs(inputs, steps: int) -> list[list[int]]:
     if len(inputs) != steps:
-        raise _invalid("inputs", f"one input list per node ({steps})", inputs)
+        raise invalid("inputs", f"one input list per node ({steps})", inputs)
     for j, pair in enumerate(inputs):
         last = j + _FIRST_NODE_STATE - 1
         if len(pair) != _PER_NODE or any(
             not _is_int(i) or not 0 <= i <= last for i in pair
         ):
-            raise _invalid(
+            raise invalid(
                 f"inputs[{j}]", f"{_PER_NODE} inputs in 0..{last}", pair
             )
     return [list(pair) for pair in inputs]
@@ -158,7 +158,7 @@ def derive_pairs(pair_weights, steps: int = 4) -> list[tuple[int, int]]:
         )[0]
         pair_weights = np.split(flat, np.cumsum(sizes)[:-1])
     if len(pair_weights) != steps:
-        raise _invalid(
+        raise invalid(
             "pair_weights", f"{steps} per-node vectors", pair_weights
         )
     pairs = []
@@ -174,10 +174,10 @@ def _derive_cell(weights, operators, layout, steps, inputs) -> tuple:
     search_space.check_layout(layout)
     if layout == "pruned":
         if inputs is not None:
-            raise _invalid("inputs", "None for the pruned layout", inputs)
+            raise invalid("inputs", "None for the pruned layout", inputs)
         return derive_pruned_cell(weights, operators, steps)
     if layout == "searched" and inputs is None:
-        raise _invalid(
+        raise invalid(
             "inputs",
             "the stage-1 pairs (derive_pairs) for the searched layout",
             inputs,
@@ -278,12 +278,12 @@ def derive_per_cell(
     if cell_inputs is None:
         cell_inputs = [None] * n
     if len(cell_inputs) != n:
-        raise _invalid(
+        raise invalid(
             "cell_inputs", f"{n} entries (one per cell)", cell_inputs
         )
     reductions = set(reduction_cells)
     if any(not _is_int(i) or not 0 <= i < n for i in reductions):
-        raise _invalid(
+        raise invalid(
             "reduction_cells", f"cell indices in 0..{n - 1}", reduction_cells
         )
     concat = _concat(steps, multiplier)

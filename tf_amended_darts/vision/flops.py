@@ -24,14 +24,16 @@ independent closed-form count, and against 574M within 10% only.
 Counting traces the network once in inference mode inside a
 ``tf.function`` (graph construction only, nothing is computed) and records
 the static output shape of every `layers.Conv2D`, `layers.DepthwiseConv2D`
-and `network.Linear` called.
+and `Linear` called.
 """
 
 import math
 
 import tensorflow as tf
 
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.conv import Conv2D, DepthwiseConv2D
+from tf_amended_darts.nn.linear import Linear
+from tf_amended_darts.nn.validate import check_int
 from tf_amended_darts.vision import network as N
 
 # Mobile setting (DARTS paper section 3.3; method.md section 7): at most
@@ -42,7 +44,7 @@ MOBILE_IMAGE_SIZE = 224
 # FactorizedReduce splits C into two halves, stem0 makes C / 2 channels).
 WIDTH_STEP = 2
 
-_COUNTED = (L.Conv2D, L.DepthwiseConv2D, N.Linear)
+_COUNTED = (Conv2D, DepthwiseConv2D, Linear)
 
 
 def layer_macs(layer, output_shape):
@@ -56,11 +58,11 @@ def layer_macs(layer, output_shape):
         An int.
     """
     kernel = tuple(int(d) for d in layer.kernel.shape)
-    if isinstance(layer, N.Linear):
+    if isinstance(layer, Linear):
         return kernel[0] * kernel[1]
     h_out, w_out = int(output_shape[1]), int(output_shape[2])
     k_h, k_w, c_in, c_mult = kernel
-    if isinstance(layer, L.DepthwiseConv2D):  # groups = C_in, C_out = C_in
+    if isinstance(layer, DepthwiseConv2D):  # groups = C_in, C_out = C_in
         return h_out * w_out * c_in * c_mult * k_h * k_w
     return h_out * w_out * c_mult * c_in * k_h * k_w
 
@@ -89,7 +91,7 @@ def layer_shapes(network, image_size):
     Returns:
         Each counted layer call in call order, with its static output shape.
     """
-    L.check_int("image_size", image_size)
+    check_int("image_size", image_size)
     if not network.built:
         network.build((None, image_size, image_size, 3))
     records = []
@@ -185,7 +187,7 @@ def largest_width_within(
         ValueError: For an odd or non-positive `step`, a non-positive
             budget, or when even ``C = step`` exceeds the budget.
     """
-    L.check_int("step", step)
+    check_int("step", step)
     if step % 2:
         raise ValueError(f"Expected an even `step`. Received: step={step}")
     if not budget > 0:

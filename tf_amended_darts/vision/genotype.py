@@ -26,8 +26,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 from tf_amended_darts.core import jsonio
+from tf_amended_darts.nn.validate import invalid
 from tf_amended_darts.vision import search_space
-from tf_amended_darts.vision.search_space import _invalid
 
 GENOTYPE_FORMAT = "tf_amended_darts.genotype"
 GENOTYPE_VERSION = 1
@@ -64,9 +64,9 @@ def _is_int(value) -> bool:
 def _check_edges(field: str, edges, operators=None) -> tuple[Edge, ...]:
     """Validates a cell's ``(operator, input)`` list; returns it as tuples."""
     if isinstance(edges, (str, bytes)) or not isinstance(edges, Sequence):
-        raise _invalid(field, "a list of [operator, input] pairs", edges)
+        raise invalid(field, "a list of [operator, input] pairs", edges)
     if not edges or len(edges) % _PER_NODE:
-        raise _invalid(
+        raise invalid(
             field,
             f"{_PER_NODE} [operator, input] entries per intermediate node "
             f"(a nonzero even count; got {len(edges)})",
@@ -80,7 +80,7 @@ def _check_edges(field: str, edges, operators=None) -> tuple[Edge, ...]:
             or not isinstance(entry, Sequence)
             or len(entry) != 2
         ):
-            raise _invalid(name, "an [operator, input] pair", entry)
+            raise invalid(name, "an [operator, input] pair", entry)
         op, inp = entry
         if (
             not isinstance(op, str)
@@ -92,11 +92,11 @@ def _check_edges(field: str, edges, operators=None) -> tuple[Edge, ...]:
                 if operators is not None
                 else "a non-empty operator name"
             )
-            raise _invalid(f"{name}[0]", expected, op)
+            raise invalid(f"{name}[0]", expected, op)
         node = e // _PER_NODE
         last = node + _FIRST_NODE_STATE - 1
         if not _is_int(inp) or not 0 <= inp <= last:
-            raise _invalid(
+            raise invalid(
                 f"{name}[1]",
                 f"an input in 0..{last} (node {node} may take inputs "
                 f"0..{last}: c_{{k-2}}, c_{{k-1}}, earlier nodes)",
@@ -115,11 +115,11 @@ def _check_concat(field: str, concat, steps: int) -> tuple[int, ...]:
         or not isinstance(concat, Sequence)
         or not concat
     ):
-        raise _invalid(field, expected, concat)
+        raise invalid(field, expected, concat)
     if any(not _is_int(s) or not first <= s <= last for s in concat):
-        raise _invalid(field, expected, concat)
+        raise invalid(field, expected, concat)
     if len(set(concat)) != len(concat):
-        raise _invalid(field, expected, concat)
+        raise invalid(field, expected, concat)
     return tuple(int(s) for s in concat)
 
 
@@ -143,7 +143,7 @@ class CellGenotype:
         concat = _check_concat("concat", self.concat, self.steps)
         object.__setattr__(self, "concat", concat)
         if not isinstance(self.reduction, bool):
-            raise _invalid("reduction", "true or false", self.reduction)
+            raise invalid("reduction", "true or false", self.reduction)
 
     @property
     def steps(self) -> int:
@@ -192,7 +192,7 @@ class Genotype:
         else:
             for field in _SHARED_FIELDS:
                 if getattr(self, field):
-                    raise _invalid(
+                    raise invalid(
                         field,
                         "empty when `cells` is given (per-cell form)",
                         getattr(self, field),
@@ -203,7 +203,7 @@ class Genotype:
                 or not (isinstance(self.cells, Sequence) and self.cells)
                 or not all(isinstance(c, CellGenotype) for c in self.cells)
             ):
-                raise _invalid(
+                raise invalid(
                     "cells", "a non-empty sequence of CellGenotype", self.cells
                 )
             object.__setattr__(self, "cells", tuple(self.cells))
@@ -211,13 +211,13 @@ class Genotype:
             if not isinstance(self.metadata, Mapping) or not all(
                 isinstance(k, str) for k in self.metadata
             ):
-                raise _invalid(
+                raise invalid(
                     "metadata", "a mapping with string keys", self.metadata
                 )
             try:  # A private deep copy; also proves it is JSON data.
                 copy = json.loads(json.dumps(dict(self.metadata)))
             except (TypeError, ValueError) as error:
-                raise _invalid(
+                raise invalid(
                     "metadata", "JSON-serialisable values", self.metadata
                 ) from error
             object.__setattr__(self, "metadata", copy)
@@ -251,7 +251,7 @@ class Genotype:
             )
         found = [i for i, c in enumerate(self.cells) if c.reduction]
         if len(self.cells) != layers or found != reductions:
-            raise _invalid(
+            raise invalid(
                 "layers",
                 f"{len(self.cells)} for this per-cell genotype (reduction "
                 f"cells at {found})",
@@ -324,10 +324,10 @@ def from_dict(data, operators=None, require_header: bool = True) -> Genotype:
         operators = search_space.DARTS_PRIMITIVES
     ops = tuple(operators)
     if not isinstance(data, Mapping):
-        raise _invalid("genotype", "a JSON object", data)
+        raise invalid("genotype", "a JSON object", data)
     _reject_unknown("genotype", data, _TOP_FIELDS)
     if data.get("kind") == "recurrent":
-        raise _invalid(
+        raise invalid(
             "kind",
             "a convolutional-cell genotype (a recurrent one is read by "
             "tf_amended_darts.language.genotype, --task=ptb)",
@@ -339,19 +339,19 @@ def from_dict(data, operators=None, require_header: bool = True) -> Genotype:
     if "cells" in data:
         present = [f for f in _SHARED_FIELDS if f in data]
         if present:
-            raise _invalid(
+            raise invalid(
                 "cells", "no shared fields alongside `cells`", present
             )
         cells_data = data["cells"]
         if not isinstance(cells_data, list) or not cells_data:
-            raise _invalid(
+            raise invalid(
                 "cells", "a non-empty list of cell objects", cells_data
             )
         cells = []
         for i, cell in enumerate(cells_data):
             name = f"cells[{i}]"
             if not isinstance(cell, Mapping):
-                raise _invalid(name, f"an object with {_CELL_FIELDS}", cell)
+                raise invalid(name, f"an object with {_CELL_FIELDS}", cell)
             _reject_unknown(name, cell, _CELL_FIELDS)
             for field in _CELL_FIELDS:
                 _require(f"{name}.{field}", cell, field, "present")
@@ -360,7 +360,7 @@ def from_dict(data, operators=None, require_header: bool = True) -> Genotype:
                 f"{name}.concat", cell["concat"], len(edges) // _PER_NODE
             )
             if not isinstance(cell["reduction"], bool):
-                raise _invalid(
+                raise invalid(
                     f"{name}.reduction", "true or false", cell["reduction"]
                 )
             cells.append(CellGenotype(edges, concat, cell["reduction"]))
@@ -382,7 +382,7 @@ def _no_duplicate_keys(pairs):
     keys = [k for k, _ in pairs]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
-        raise _invalid("genotype", "no repeated keys", duplicates)
+        raise invalid("genotype", "no repeated keys", duplicates)
     return dict(pairs)
 
 
@@ -439,7 +439,7 @@ def load_published(name: str, operators=None) -> Genotype:
         ValueError: for an unknown name or a recurrent-cell genotype.
     """
     if name not in published_names():
-        raise _invalid("name", f"one of {published_names()}", name)
+        raise invalid("name", f"one of {published_names()}", name)
     return from_dict(_published_data()[name], operators, require_header=False)
 
 
@@ -466,7 +466,7 @@ def load(path_or_name, operators=None) -> Genotype:
         return load_published(path, operators)
     if os.sep in path or path.endswith(".json"):
         raise FileNotFoundError(f"No genotype file at {path!r}")
-    raise _invalid(
+    raise invalid(
         "path_or_name",
         f"an existing file or a published name from {published_names()}",
         path,

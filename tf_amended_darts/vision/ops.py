@@ -16,9 +16,15 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.base import ConfigLayer, build_chain
+from tf_amended_darts.nn.batch_norm import BatchNorm
+from tf_amended_darts.nn.contexts import relu
+from tf_amended_darts.nn.conv import Conv2D, DepthwiseConv2D
+from tf_amended_darts.nn.graph_constants import graph_constant
+from tf_amended_darts.nn.pooling import AvgPool2D, MaxPool2D
+from tf_amended_darts.nn.spatial import pad_hw, subsample_hw
+from tf_amended_darts.nn.validate import check_bool, check_int
 
-# DARTS order (quark0/darts, genotypes.py, PRIMITIVES).
 PRIMITIVES = (
     "none",
     "max_pool_3x3",
@@ -40,16 +46,6 @@ POOL_SIZE = 3  # nn.MaxPool2d(3, ...) / nn.AvgPool2d(3, ...)
 POOL_PADDING = 1
 
 
-def _build_chain(layers, input_shape):
-    """Builds unbuilt `layers` in sequence; returns the output shape."""
-    shape = tuple(input_shape)
-    for layer in layers:
-        if not layer.built:
-            layer.build(shape)
-        shape = tuple(layer.compute_output_shape(shape))
-    return shape
-
-
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
 class Identity(keras.layers.Layer):
     """Returns its input (`skip_connect` at stride 1).
@@ -68,7 +64,7 @@ class Identity(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
-class Zero(L.ConfigLayer):
+class Zero(ConfigLayer):
     """Outputs zeros: `x * 0`, strided `x[:, ::s, ::s, :] * 0` when `s > 1`.
 
     Multiplying (rather than creating zeros) keeps the reference's shape and
@@ -85,14 +81,14 @@ class Zero(L.ConfigLayer):
 
     def __init__(self, stride=1, **kwargs):
         super().__init__(**kwargs)
-        L.check_int("stride", stride)
+        check_int("stride", stride)
         self.stride = stride
 
     def call(self, inputs):
         x = tf.cast(inputs, self.compute_dtype)
         if self.stride > 1:
-            x = L.subsample_hw(x, self.stride)
-        return x * L.graph_constant(0, x.dtype)
+            x = subsample_hw(x, self.stride)
+        return x * graph_constant(0, x.dtype)
 
     def compute_output_shape(self, input_shape):
         out = list(input_shape)
@@ -102,14 +98,14 @@ class Zero(L.ConfigLayer):
         return tuple(out)
 
 
-class _Sequential(L.ConfigLayer):
+class _Sequential(ConfigLayer):
     """Builds and shapes its sub-layers in the order `_chain()` lists."""
 
     def _chain(self):
         raise NotImplementedError
 
     def build(self, input_shape):
-        _build_chain(self._chain(), input_shape)
+        build_chain(self._chain(), input_shape)
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -140,24 +136,24 @@ class ReLUConvBN(_Sequential):
         self, c_out, kernel_size=1, stride=1, padding=0, affine=True, **kwargs
     ):
         super().__init__(**kwargs)
-        L.check_int("c_out", c_out)
-        L.check_bool("affine", affine)
+        check_int("c_out", c_out)
+        check_bool("affine", affine)
         self.c_out = c_out
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
         self.affine = affine
         dtype = self.dtype_policy
-        self.conv = L.Conv2D(
+        self.conv = Conv2D(
             c_out, kernel_size, stride, padding, name="conv", dtype=dtype
         )
-        self.bn = L.BatchNorm(affine=affine, name="bn", dtype=dtype)
+        self.bn = BatchNorm(affine=affine, name="bn", dtype=dtype)
 
     def _chain(self):
         return (self.conv, self.bn)
 
     def call(self, inputs, training=None):
-        x = self.conv(L.relu(inputs))
+        x = self.conv(relu(inputs))
         return self.bn(x, training=training)
 
 
@@ -201,8 +197,8 @@ class DilConv(_Sequential):
     ):
         super().__init__(**kwargs)
         if c_out is not None:
-            L.check_int("c_out", c_out)
-        L.check_bool("affine", affine)
+            check_int("c_out", c_out)
+        check_bool("affine", affine)
         self.c_out = c_out
         self.kernel_size = kernel_size
         self.stride = stride
@@ -210,7 +206,7 @@ class DilConv(_Sequential):
         self.dilation = dilation
         self.affine = affine
         dtype = self.dtype_policy
-        self.depthwise = L.DepthwiseConv2D(
+        self.depthwise = DepthwiseConv2D(
             kernel_size,
             stride,
             padding,
@@ -218,14 +214,14 @@ class DilConv(_Sequential):
             name="depthwise",
             dtype=dtype,
         )
-        self.pointwise = L.Conv2D(c_out, 1, name="pointwise", dtype=dtype)
-        self.bn = L.BatchNorm(affine=affine, name="bn", dtype=dtype)
+        self.pointwise = Conv2D(c_out, 1, name="pointwise", dtype=dtype)
+        self.bn = BatchNorm(affine=affine, name="bn", dtype=dtype)
 
     def _chain(self):
         return (self.depthwise, self.pointwise, self.bn)
 
     def call(self, inputs, training=None):
-        x = self.pointwise(self.depthwise(L.relu(inputs)))
+        x = self.pointwise(self.depthwise(relu(inputs)))
         return self.bn(x, training=training)
 
 
@@ -255,8 +251,8 @@ class SepConv(_Sequential):
         self, c_out, kernel_size, stride, padding, affine=True, **kwargs
     ):
         super().__init__(**kwargs)
-        L.check_int("c_out", c_out)
-        L.check_bool("affine", affine)
+        check_int("c_out", c_out)
+        check_bool("affine", affine)
         self.c_out = c_out
         self.kernel_size = kernel_size
         self.stride = stride
@@ -291,7 +287,7 @@ class SepConv(_Sequential):
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
-class FactorizedReduce(L.ConfigLayer):
+class FactorizedReduce(ConfigLayer):
     """Halves height and width: ReLU -> two 1x1 stride-2 convs -> concat -> BN.
 
     `conv_1` sees pixels (2i, 2j) and `conv_2` pixels (2i + 1, 2j + 1), each
@@ -313,39 +309,39 @@ class FactorizedReduce(L.ConfigLayer):
 
     def __init__(self, c_out, affine=True, **kwargs):
         super().__init__(**kwargs)
-        L.check_int("c_out", c_out)
+        check_int("c_out", c_out)
         if c_out % 2:
             raise ValueError(
                 "Expected `c_out` to be even (two halves of c_out // 2 "
                 f"channels). Received: c_out={c_out}"
             )
-        L.check_bool("affine", affine)
+        check_bool("affine", affine)
         self.c_out = c_out
         self.affine = affine
         dtype = self.dtype_policy
         half = c_out // 2
-        self.conv_1 = L.Conv2D(half, 1, 2, name="conv_1", dtype=dtype)
-        self.conv_2 = L.Conv2D(half, 1, 2, name="conv_2", dtype=dtype)
-        self.bn = L.BatchNorm(affine=affine, name="bn", dtype=dtype)
+        self.conv_1 = Conv2D(half, 1, 2, name="conv_1", dtype=dtype)
+        self.conv_2 = Conv2D(half, 1, 2, name="conv_2", dtype=dtype)
+        self.bn = BatchNorm(affine=affine, name="bn", dtype=dtype)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        _build_chain([self.conv_1], input_shape)
-        _build_chain([self.conv_2], input_shape)
-        _build_chain([self.bn], self.compute_output_shape(input_shape))
+        build_chain([self.conv_1], input_shape)
+        build_chain([self.conv_2], input_shape)
+        build_chain([self.bn], self.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
-        x = L.relu(tf.cast(inputs, self.compute_dtype))
+        x = relu(tf.cast(inputs, self.compute_dtype))
         # x[:, 1:, 1:, :], zero padded at the bottom / right where the size
         # is odd (or unknown): even sizes need no padding for size / 2.
-        shifted = L.subsample_hw(x, 1, start=1)
-        shifted = L.pad_hw(
+        shifted = subsample_hw(x, 1, start=1)
+        shifted = pad_hw(
             shifted,
             tuple((0, 1 if n is None or n % 2 else 0) for n in x.shape[1:3]),
         )
         x = tf.concat(
             [self.conv_1(x), self.conv_2(shifted)],
-            axis=L.graph_constant(-1, tf.int32),
+            axis=graph_constant(-1, tf.int32),
         )
         return self.bn(x, training=training)
 
@@ -389,10 +385,10 @@ def _dil_conv(kernel_size, padding, dilation):
 # Extra keyword arguments (`name`, `dtype`) go to the layer's constructor.
 OPS: dict[str, Callable[[int, int, bool], keras.layers.Layer]] = {
     "none": lambda c, stride, affine, **kwargs: Zero(stride, **kwargs),
-    "max_pool_3x3": lambda c, stride, affine, **kwargs: L.MaxPool2D(
+    "max_pool_3x3": lambda c, stride, affine, **kwargs: MaxPool2D(
         POOL_SIZE, stride, POOL_PADDING, **kwargs
     ),
-    "avg_pool_3x3": lambda c, stride, affine, **kwargs: L.AvgPool2D(
+    "avg_pool_3x3": lambda c, stride, affine, **kwargs: AvgPool2D(
         POOL_SIZE, stride, POOL_PADDING, count_include_pad=False, **kwargs
     ),
     "skip_connect": _skip_connect,
@@ -436,8 +432,8 @@ def make_op(name, channels, stride, affine=True, **kwargs):
     """
     _check_name(name)
     _check_stride(stride)
-    L.check_int("channels", channels)
-    L.check_bool("affine", affine)
+    check_int("channels", channels)
+    check_bool("affine", affine)
     return OPS[name](channels, stride, affine, **kwargs)
 
 
@@ -470,7 +466,7 @@ def expected_param_count(name, channels, stride, affine=True):
     """
     _check_name(name)
     _check_stride(stride)
-    L.check_int("channels", channels)
+    check_int("channels", channels)
     c = channels
     bn = 2 * c if affine else 0
     if name in _SEP_CONV:

@@ -31,6 +31,8 @@ import dataclasses
 import itertools
 import math
 
+from tf_amended_darts.nn.validate import check_int, invalid
+
 # DARTS reference `genotypes.py`, PRIMITIVES, in its order.
 DARTS_PRIMITIVES = (
     "none",
@@ -62,17 +64,6 @@ EDGE_LAYOUTS = ("pruned", "fixed", "searched")
 _OVERRIDABLE = ("layers", "init_channels", "operators", "steps", "multiplier")
 
 
-def _invalid(field: str, expected: str, value) -> ValueError:
-    return ValueError(
-        f"Invalid `{field}`: expected {expected}. Received: {field}={value!r}"
-    )
-
-
-def _check_int(field: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _invalid(field, f"an integer >= {minimum}", value)
-
-
 def check_operators(
     operators, accepted: tuple[str, ...] = DARTS_PRIMITIVES
 ) -> tuple[str, ...]:
@@ -90,21 +81,21 @@ def check_operators(
             duplicates or unknown names, or holds only ``none``.
     """
     if isinstance(operators, str) or not hasattr(operators, "__iter__"):
-        raise _invalid(
+        raise invalid(
             "operators", f"a sequence of names from {accepted}", operators
         )
     ops = tuple(operators)
     if not ops:
-        raise _invalid(
+        raise invalid(
             "operators", f"a non-empty sequence of names from {accepted}", ops
         )
     for op in ops:
         if op not in accepted:
-            raise _invalid("operators", f"names from {accepted}", ops)
+            raise invalid("operators", f"names from {accepted}", ops)
     if len(set(ops)) != len(ops):
-        raise _invalid("operators", "names without duplicates", ops)
+        raise invalid("operators", "names without duplicates", ops)
     if all(op == NONE_OP for op in ops):
-        raise _invalid(
+        raise invalid(
             "operators", f"at least one operator other than {NONE_OP!r}", ops
         )
     return ops
@@ -117,7 +108,7 @@ def check_layout(layout: str) -> str:
         ValueError: naming the accepted layouts.
     """
     if layout not in EDGE_LAYOUTS:
-        raise _invalid("layout", f"one of {EDGE_LAYOUTS}", layout)
+        raise invalid("layout", f"one of {EDGE_LAYOUTS}", layout)
     return layout
 
 
@@ -152,20 +143,20 @@ class SearchSpace:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
-            raise _invalid("name", "a non-empty string", self.name)
+            raise invalid("name", "a non-empty string", self.name)
         object.__setattr__(self, "operators", check_operators(self.operators))
-        _check_int("layers", self.layers, 1)
-        _check_int("init_channels", self.init_channels, 1)
-        _check_int("steps", self.steps, 1)
-        _check_int("multiplier", self.multiplier, 1)
+        check_int("layers", self.layers, 1)
+        check_int("init_channels", self.init_channels, 1)
+        check_int("steps", self.steps, 1)
+        check_int("multiplier", self.multiplier, 1)
         if self.multiplier > self.steps:
-            raise _invalid(
+            raise invalid(
                 "multiplier",
                 f"an integer in 1..steps={self.steps}",
                 self.multiplier,
             )
         if not isinstance(self.shared_per_cell_type, bool):
-            raise _invalid(
+            raise invalid(
                 "shared_per_cell_type",
                 "True or False",
                 self.shared_per_cell_type,
@@ -244,10 +235,10 @@ def get_space(name: str, **overrides) -> SearchSpace:
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in SPACES:
-        raise _invalid("name", f"one of {space_names()}", name)
+        raise invalid("name", f"one of {space_names()}", name)
     for field in overrides:
         if field not in _OVERRIDABLE:
-            raise _invalid(
+            raise invalid(
                 "overrides", f"keys from {_OVERRIDABLE}", sorted(overrides)
             )
     return dataclasses.replace(SPACES[key], **overrides)
@@ -266,7 +257,7 @@ def reduction_indices(layers: int) -> list[int]:
     Returns:
         The sorted distinct reduction-cell indices.
     """
-    _check_int("layers", layers, 1)
+    check_int("layers", layers, 1)
     return sorted({layers // 3, 2 * layers // 3})
 
 
@@ -296,7 +287,7 @@ def edge_list(layout: str, steps: int = DEFAULT_STEPS) -> list[list[int]]:
         ValueError: for an unknown layout or a bad ``steps``.
     """
     check_layout(layout)
-    _check_int("steps", steps, 1)
+    check_int("steps", steps, 1)
     if layout == "fixed":
         return [[0, 1]] + [[j + 1, 0] for j in range(1, steps)]
     return [list(range(j + NUM_CELL_INPUTS)) for j in range(steps)]
@@ -320,13 +311,13 @@ def input_pairs(j: int) -> list[tuple[int, int]]:
     Returns:
         ``C(j + 2, 2)`` pairs.
     """
-    _check_int("j", j, 0)
+    check_int("j", j, 0)
     return list(itertools.combinations(range(j + NUM_CELL_INPUTS), 2))
 
 
 def num_pairs(steps: int = DEFAULT_STEPS) -> int:
     """Total pair logits per cell for the ``searched`` layout (20 for 4)."""
-    _check_int("steps", steps, 1)
+    check_int("steps", steps, 1)
     return sum(len(input_pairs(j)) for j in range(steps))
 
 
@@ -349,7 +340,7 @@ def cell_choices(operators, layout: str, steps: int = DEFAULT_STEPS) -> int:
     ops = check_operators(operators)
     k = sum(op != NONE_OP for op in ops)
     check_layout(layout)
-    _check_int("steps", steps, 1)
+    check_int("steps", steps, 1)
     if layout == "fixed":
         return k ** (INPUTS_PER_NODE * steps)
     count = 1

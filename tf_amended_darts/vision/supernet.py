@@ -12,7 +12,7 @@ The network owns two explicit variable lists, ``weight_variables`` and
 Hyper-parameter consistency (paper 2.4, B.1; method.md section 6): the
 search network can train with the re-training network's regularisers, as
 `network.NetworkCIFAR` applies them: an auxiliary head
-(`network.AuxiliaryHeadCIFAR`) after cell ``2 * layers // 3`` and
+(`AuxiliaryHeadCIFAR`) after cell ``2 * layers // 3`` and
 drop-path on every candidate operator except identity. (The DARTS CIFAR
 re-training network has no dropout layer, so there is none here either.)
 """
@@ -22,10 +22,14 @@ import numpy as np
 from keras import ops as kops
 
 from tf_amended_darts.core import hparams
-from tf_amended_darts.nn import layers as L
+from tf_amended_darts.nn.base import output_dtype_policy
+from tf_amended_darts.nn.batch_norm import BatchNorm
+from tf_amended_darts.nn.conv import Conv2D
+from tf_amended_darts.nn.linear import Linear
+from tf_amended_darts.nn.validate import check_bool, check_prob
 from tf_amended_darts.vision import derive
-from tf_amended_darts.vision import network as N
 from tf_amended_darts.vision import search_space as S
+from tf_amended_darts.vision.auxiliary import AuxiliaryHeadCIFAR
 from tf_amended_darts.vision.cells import SearchCell
 
 # Weight-file entry of the drop-path seed-generator state.
@@ -56,7 +60,7 @@ class SearchNetwork(keras.Model):
             0 gives the equal weights the paper describes).
         seed: seed of the architecture initialisation and of the
             drop-path masks.
-        auxiliary: attach `network.AuxiliaryHeadCIFAR` after cell
+        auxiliary: attach `AuxiliaryHeadCIFAR` after cell
             ``2 * layers // 3`` (as `network.NetworkCIFAR`); the call then
             returns ``(logits, aux_logits)`` in training mode. Needs at
             least 8x8 there (32x32 inputs).
@@ -66,7 +70,7 @@ class SearchNetwork(keras.Model):
             ``none`` is never computed) is multiplied by a per-sample
             Bernoulli(1 - p) mask and divided by 1 - p. The probability is a
             non-trainable variable, assignable as ``net.drop_path_prob = p``
-            (`network.DropPathSchedule`). At 0 (default) no drop-path ops,
+            (`DropPathSchedule`). At 0 (default) no drop-path ops,
             variables or seed generator exist: the network is unchanged.
         **kwargs: passed to `keras.Model`.
 
@@ -97,8 +101,8 @@ class SearchNetwork(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        L.check_bool("auxiliary", auxiliary)
-        drop_path_prob = N._check_prob("drop_path_prob", drop_path_prob)
+        check_bool("auxiliary", auxiliary)
+        drop_path_prob = check_prob("drop_path_prob", drop_path_prob)
         S.check_layout(edges)
         S.check_operators(operators)
         if stage not in (1, 2):
@@ -142,8 +146,8 @@ class SearchNetwork(keras.Model):
             )
 
         c_curr = stem_multiplier * init_channels
-        self.stem_conv = L.Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
-        self.stem_bn = L.BatchNorm(affine=True, name="stem_bn")
+        self.stem_conv = Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
+        self.stem_bn = BatchNorm(affine=True, name="stem_bn")
         self.cells = []
         reduction_prev = False
         c = init_channels
@@ -165,17 +169,20 @@ class SearchNetwork(keras.Model):
             )
             reduction_prev = reduction
         self.auxiliary_head = (
-            N.AuxiliaryHeadCIFAR(
+            AuxiliaryHeadCIFAR(
                 num_classes, name="auxiliary_head", dtype=self.dtype_policy
             )
             if auxiliary
             else None
         )
-        # float32 logits under a mixed policy (network.output_dtype_policy).
-        self.classifier = keras.layers.Dense(
+        # torch.nn.Linear's initialisation, as every other layer here and
+        # the re-training network's classifier (DARTS model_search.py:
+        # `self.classifier = nn.Linear(C_prev, num_classes)`); float32
+        # logits under a mixed policy (nn.base.output_dtype_policy).
+        self.classifier = Linear(
             num_classes,
             name="classifier",
-            dtype=N.output_dtype_policy(self.dtype_policy),
+            dtype=output_dtype_policy(self.dtype_policy),
         )
 
     # -- drop-path -------------------------------------------------------------
@@ -195,7 +202,7 @@ class SearchNetwork(keras.Model):
 
     @drop_path_prob.setter
     def drop_path_prob(self, value):
-        value = N._check_prob("drop_path_prob", value)
+        value = check_prob("drop_path_prob", value)
         if self._drop_path_prob is None:
             if value == 0.0:
                 return

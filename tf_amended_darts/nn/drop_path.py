@@ -1,0 +1,62 @@
+"""Drop-path (per-sample dropout of whole paths) and its linear ramp."""
+
+import keras
+import tensorflow as tf
+
+from tf_amended_darts.nn.validate import check_int, check_prob
+
+# quark0/darts cnn/train.py: --drop_path_prob 0.2, ramped linearly over the
+# epochs.
+DROP_PATH_PROB = 0.2
+
+
+def drop_path(x, drop_prob, seed=None):
+    """Zeroes whole samples with probability `drop_prob`, rescales the rest.
+
+    Reference ``utils.drop_path`` (quark0/darts): a per-sample mask drawn
+    from Bernoulli(keep), keep = 1 - drop_prob, and ``x / keep * mask``.
+    With ``drop_prob == 0`` the result equals `x` exactly.
+
+    Args:
+        x: NHWC tensor.
+        drop_prob: Python float or scalar tensor in [0, 1).
+        seed: A `keras.random.SeedGenerator`, an int or None.
+
+    Returns:
+        A tensor like `x`.
+    """
+    keep = 1.0 - tf.cast(drop_prob, "float32")
+    shape = tf.stack([tf.shape(x)[0], 1, 1, 1])
+    noise = keras.random.uniform(shape, dtype="float32", seed=seed)
+    mask = tf.cast(noise < keep, x.dtype)  # P(mask = 1) = keep
+    return x / tf.cast(keep, x.dtype) * mask
+
+
+def drop_path_prob_at(epoch, max_prob, epochs):
+    """``max_prob * epoch / epochs`` (reference ``train.py``, epoch from 0)."""
+    return max_prob * epoch / epochs
+
+
+class DropPathSchedule(keras.callbacks.Callback):
+    """Ramps the model's drop-path probability linearly from 0.
+
+    At the start of epoch ``e`` (0-based) sets ``model.drop_path_prob =
+    max_prob * e / epochs``, as the reference ``train.py``:
+    ``model.drop_path_prob = args.drop_path_prob * epoch / args.epochs``.
+
+    Args:
+        max_prob: The probability the ramp tends to, in [0, 1) (reference
+            default 0.2).
+        epochs: Total training epochs.
+    """
+
+    def __init__(self, max_prob=DROP_PATH_PROB, epochs=600):
+        super().__init__()
+        self.max_prob = check_prob("max_prob", max_prob)
+        check_int("epochs", epochs)
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.drop_path_prob = drop_path_prob_at(
+            epoch, self.max_prob, self.epochs
+        )
