@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -344,5 +344,7 @@ def main(argv, fv=flags.FLAGS):
 
 
 if __name__ == "__main__":
+    from tf_amended_darts.jobs import errors
+
     define_flags()
-    app.run(main)
+    errors.run(main)

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from tf_amended_darts.jobs import precision  # noqa: E402
+from tf_amended_darts.jobs import errors, precision  # noqa: E402
 from tf_amended_darts.vision import search_space as S  # noqa: E402
 
 DEFAULT_ROWS = (
@@ -151,4 +151,4 @@ def main(argv, fv=flags.FLAGS):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(lambda argv: main(argv) and None)
+    errors.run(main)

@@ -8,6 +8,8 @@
 newest checkpoint in --model_dir; ``--seeds=0,1,2`` trains one network per
 seed and writes the mean and std of the test error. See
 tf_amended_darts/jobs/retrain.py for the run directory's layout.
+SIGTERM / SIGINT: a step checkpoint, one line, exit status 75; errors: one
+line, exit status 1 or 2 (tf_amended_darts/jobs/errors.py).
 """
 
 import json
@@ -18,16 +20,23 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import retrain, retrain_config  # noqa: E402
+from tf_amended_darts.jobs import (  # noqa: E402
+    errors,
+    preemption,
+    retrain,
+    retrain_config,
+)
 
 
 def main(argv, fv=flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = retrain_config.from_flags(fv)
+    retrain.check_run_dir(config)  # before anything is written
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
-    result = retrain.run(config)
+    with preemption.watch():
+        result = retrain.run(config)
     d = config.model_dir
     runs = os.path.join(d, "seed_*") if config.seeds else d
     name = retrain.SUMMARY_FILE if config.seeds else retrain.RESULT_FILE
@@ -45,4 +54,4 @@ def main(argv, fv=flags.FLAGS):
 if __name__ == "__main__":
     retrain_config.define_flags()
     flags.mark_flags_as_required(["genotype", "model_dir"])
-    app.run(lambda argv: main(argv) and None)  # exit status 0 on success
+    errors.run(main)

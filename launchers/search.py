@@ -5,6 +5,8 @@
 
 Rerunning the same command resumes from the newest checkpoint in
 --model_dir. See tf_amended_darts/jobs/search.py for the run directory's layout.
+SIGTERM / SIGINT: a step checkpoint, one line, exit status 75; errors: one
+line, exit status 1 or 2 (tf_amended_darts/jobs/errors.py).
 """
 
 import os
@@ -14,16 +16,23 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import search, search_config  # noqa: E402
+from tf_amended_darts.jobs import (  # noqa: E402
+    errors,
+    preemption,
+    search,
+    search_config,
+)
 from tf_amended_darts.vision import visualize  # noqa: E402
 
 
 def run_search(fv=flags.FLAGS):
     """Runs the search the flags describe; returns the final genotype."""
     config = search_config.from_flags(fv)
+    search.check_run_dir(config)  # before anything is written
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
-    genotype = search.run(config)
+    with preemption.watch():
+        genotype = search.run(config)
     d = config.model_dir
     print(visualize.genotype_to_text(genotype))
     print(f"genotype:    {os.path.join(d, 'genotype.json')}")
@@ -41,4 +50,4 @@ def main(argv):
 if __name__ == "__main__":
     search_config.define_flags()
     flags.mark_flag_as_required("model_dir")
-    app.run(main)
+    errors.run(main)
