@@ -318,6 +318,8 @@ def run_one(run, batch, fv):
 
 def main(argv, fv=flags.FLAGS):
     del argv
+    from tf_amended_darts.jobs import errors  # light: no TensorFlow
+
     if fv.require_gpus and not fv.single:
         from tf_amended_darts.core import distribute
 
@@ -326,7 +328,8 @@ def main(argv, fv=flags.FLAGS):
         except ValueError as error:
             sys.exit(f"error: {error}")
     layers, channels, size, _ = PRESETS[fv.preset]
-    sizes = batch_sizes(fv)
+    with errors.usage():
+        sizes = batch_sizes(fv)
     if fv.single:
         start_rss_guard(fv.max_rss_gb)
         arch_grad, hvp = fv.single.split(":")

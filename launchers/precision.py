@@ -106,7 +106,8 @@ def table(results):
 def main(argv, fv=flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    rows = [parse_row(r) for r in fv.rows]
+    with errors.usage():
+        rows = [parse_row(r) for r in fv.rows]
     seeds = [int(s) for s in fv.seeds]
     results = []
     for row in rows:

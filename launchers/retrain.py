@@ -31,7 +31,8 @@ from tf_amended_darts.jobs import (  # noqa: E402
 def main(argv, fv=flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = retrain_config.from_flags(fv)
+    with errors.usage():
+        config = retrain_config.from_flags(fv)
     retrain.check_run_dir(config)  # before anything is written
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))

@@ -27,7 +27,8 @@ from tf_amended_darts.vision import visualize  # noqa: E402
 
 def run_search(fv=flags.FLAGS):
     """Runs the search the flags describe; returns the final genotype."""
-    config = search_config.from_flags(fv)
+    with errors.usage():
+        config = search_config.from_flags(fv)
     search.check_run_dir(config)  # before anything is written
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))

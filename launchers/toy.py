@@ -51,7 +51,8 @@ def define_flags(fv=flags.FLAGS):
 
 def main(argv, fv=flags.FLAGS):
     del argv
-    bilevel.validate_estimator(fv.arch_grad, fv.eta, fv.hvp)
+    with errors.usage():
+        bilevel.validate_estimator(fv.arch_grad, fv.eta, fv.hvp)
     os.makedirs(fv.output_dir, exist_ok=True)
     names = [fv.arch_grad] + (
         [n for n in bilevel.ARCH_GRADS if n != fv.arch_grad]

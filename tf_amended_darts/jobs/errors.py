@@ -11,9 +11,10 @@ a traceback; ``--verbose_errors`` (or the environment variable
 * 1 (`EXIT_FAILURE`): an error found while running (data not found,
   non-finite values, a checkpoint that cannot be written, ...);
 * 2 (`EXIT_USAGE`): a usage error: a flag that does not parse, a missing
-  required flag, an invalid flag value (messages ``Invalid --flag=...``,
-  `UsageError`, ``absl.app.UsageError``), a ``--model_dir`` of another
-  configuration (`run_dir.ConfigMismatchError`);
+  required flag, an invalid flag value (found while the launcher builds
+  its config, inside `usage`, or later with a message ``Invalid
+  --flag=...``; `UsageError`, ``absl.app.UsageError``), a ``--model_dir``
+  of another configuration (`run_dir.ConfigMismatchError`);
 * 75 (`preemption.EXIT_PREEMPTED`): stopped by SIGTERM / SIGINT after
   writing a checkpoint; rerun the same command to resume;
 * 130: a second Ctrl-C (interrupted without a checkpoint).
@@ -24,11 +25,11 @@ TensorFlow, Keras or another library is a bug to report, and keeps its
 traceback.
 """
 
+import contextlib
 import os
 import sys
 import traceback
 
-import tensorflow as tf
 from absl import app, flags
 
 from tf_amended_darts.jobs import preemption
@@ -51,6 +52,23 @@ class UsageError(ValueError):
     """A command line the project rejects (exit status 2)."""
 
 
+@contextlib.contextmanager
+def usage():
+    """Within it, a ValueError the project raises is a `UsageError`.
+
+    Launchers build their config from the flags in it: every check of a
+    flag value is a usage error (exit status 2), whatever its wording.
+    """
+    try:
+        yield
+    except UsageError:
+        raise
+    except ValueError as error:
+        if not own_error(error):
+            raise
+        raise UsageError(str(error)) from error
+
+
 def define_flags(fv=flags.FLAGS):
     """Defines ``--verbose_errors`` on ``fv`` (once)."""
     if VERBOSE_FLAG not in fv:
@@ -69,7 +87,8 @@ def own_error(error):
     TensorFlow's op errors never are (TensorFlow filters its own frames
     out of their tracebacks, so the innermost frame left can be ours).
     """
-    if isinstance(error, tf.errors.OpError):
+    tf = sys.modules.get("tensorflow")  # not imported: not a TF error
+    if tf is not None and isinstance(error, tf.errors.OpError):
         return False
     tb = error.__traceback__
     if tb is None:

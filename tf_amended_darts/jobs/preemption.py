@@ -33,8 +33,6 @@ import contextlib
 import signal
 import threading
 
-import tensorflow as tf
-
 # sysexits.h EX_TEMPFAIL: "temporary failure, the user is invited to
 # retry"; distinct from 143 (killed by SIGTERM before anything was saved)
 # and from 1 / 2 (errors).
@@ -153,6 +151,8 @@ class ClusterPreemption:
     """
 
     def __init__(self, strategy, directory):
+        import tensorflow as tf  # pylint: disable=C0415 (light module)
+
         self._save = None
         self._message = None
         config = tf.distribute.experimental.TerminationConfig(
