@@ -13,6 +13,7 @@ single process sees (measured: 8e-7 apart after two amended steps).
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -230,3 +231,95 @@ def test_two_workers_retrain_alike(tmp_path):
         "ckpt-0001.weights.h5",
         "ckpt-0002.weights.h5",
     ]
+
+
+def _launcher_workers(tmp_path, name, args, ports):
+    """The search launcher as two workers (signal handlers installed)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        )
+        log = open(tmp_path / f"{name}{index}.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "launchers", "search.py")]
+                + args,
+                cwd=ROOT,
+                env=_env(TF_CONFIG=tf_config),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        log.close()
+    return procs
+
+
+def _finish(procs, tmp_path, name, status):
+    try:
+        for proc in procs:
+            proc.wait(timeout=TIMEOUT_S)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    logs = [(tmp_path / f"{name}{i}.log").read_text() for i in range(2)]
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.returncode == status, log[-6000:]
+    return logs
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path):
+    # The signal reaches worker 1 only; PreemptionCheckpointHandler agrees
+    # on a step, the chief writes its checkpoint, both exit 75; the rerun
+    # ends as an uninterrupted two-worker search.
+    args = TINY + [
+        "--arch_grad=first_order",
+        "--strategy=multi_worker",
+        "--epochs=3",
+        "--steps_per_epoch=6",
+        "--deterministic",
+        "--notensorboard",
+    ]
+    straight = tmp_path / "straight"
+    _finish(
+        _launcher_workers(
+            tmp_path, "straight", args + [f"--model_dir={straight}"],
+            _free_ports(2),
+        ),
+        tmp_path, "straight", 0,
+    )
+    stopped = tmp_path / "stopped"
+    stopped_args = args + [f"--model_dir={stopped}"]
+    procs = _launcher_workers(tmp_path, "stop", stopped_args, _free_ports(2))
+    first = stopped / "checkpoints" / "ckpt-0001.weights.h5"
+    deadline = time.time() + TIMEOUT_S
+    while not first.exists():
+        assert all(p.poll() is None for p in procs), "ended too early"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    logs = _finish(procs, tmp_path, "stop", 75)
+    lines = [log.rstrip("\n").splitlines()[-1] for log in logs]
+    for line in lines:
+        assert line.startswith("stopped by SIGTERM at ") or line.startswith(
+            "stopped by a signal"
+        ), line
+    steps = sorted(os.listdir(stopped / "checkpoints"))
+    assert any("-step-" in s for s in steps) or "ckpt-0002.weights.h5" in steps
+    assert not (stopped / "checkpoints" / "ckpt-0003.weights.h5").exists()
+    _finish(
+        _launcher_workers(tmp_path, "resume", stopped_args, _free_ports(2)),
+        tmp_path, "resume", 0,
+    )
+    assert (stopped / "genotype.json").read_text() == (
+        straight / "genotype.json"
+    ).read_text()
+    with np.load(straight / "arch_history.npz") as a, np.load(
+        stopped / "arch_history.npz"
+    ) as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -138,3 +138,13 @@ def test_cluster_preemption_saves_at_the_agreed_step_then_stops(tmp_path):
         preemption.clear()
     assert saved == [0]
     assert not (tmp_path / "h").exists()
+
+
+def test_a_non_finite_step_writes_no_checkpoint(tmp_path):
+    run = resume.Resumable(tiny_classifier(), tmp_path, steps_per_epoch=STEPS,
+                           every_steps=1)
+    run.begin_epoch(0)
+    run.after_step({"loss": float("nan"), "accuracy": 0.5})
+    assert os.listdir(tmp_path) == []
+    run.after_step({"loss": np.float32(1.5)})
+    assert os.listdir(tmp_path) == ["ckpt-0001-step-000002.weights.h5"]

@@ -187,7 +187,14 @@ def _write_weights(model, path):
     model.save_weights(path)
 
 
-def _metric_values(model):
+def metric_values(model):
+    """The values of ``model.metrics``' variables, per metric.
+
+    Metric variables are synchronised on read: under a multi-worker
+    strategy reading them is a collective operation, so every worker must
+    call this (and pass the result to `Checkpointer.save`), not the chief
+    alone.
+    """
     return [
         [np.asarray(v.numpy()) for v in metric.variables]
         for metric in getattr(model, "metrics", [])
@@ -304,7 +311,7 @@ class Checkpointer:
                 )
             return values
 
-    def restore_metrics(self):
+    def restore_metrics(self, scale=1.0):
         """Assigns the restored checkpoint's metric states to the model.
 
         Call it after the training loop resets the metrics at the start of
@@ -312,6 +319,11 @@ class Checkpointer:
         metrics must have their variables by then (the models of this
         package create their trackers in ``__init__``; Keras' compiled
         metrics are built lazily, in the first traced step).
+
+        Args:
+            scale: multiplies every value (``1 / workers`` under a
+                multi-worker strategy: each worker assigns its share of a
+                sum-on-read variable, whose read sums over all workers).
 
         Raises:
             CheckpointMismatchError: when the model's metrics differ.
@@ -329,15 +341,16 @@ class Checkpointer:
             )
         for metric, values in zip(metrics, self.metric_values, strict=True):
             for variable, value in zip(metric.variables, values, strict=True):
-                variable.assign(value)
+                variable.assign(value * scale if scale != 1.0 else value)
 
     # -- saving -------------------------------------------------------------
 
-    def save(self, position):
+    def save(self, position, metrics=None):
         """Writes the checkpoint at ``position`` atomically; prunes.
 
         Args:
             position: a `Position`, or ``(epoch, step)``.
+            metrics: `metric_values` of the model (default: read here).
 
         Returns:
             The checkpoint's path.
@@ -355,7 +368,9 @@ class Checkpointer:
         )
         try:
             _write_weights(self.model, tmp)
-            self._add_resume_state(tmp, position)
+            self._add_resume_state(
+                tmp, position, metrics or metric_values(self.model)
+            )
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -383,14 +398,14 @@ class Checkpointer:
         self._prune()
         return final
 
-    def _add_resume_state(self, path, position):
+    def _add_resume_state(self, path, position, metrics):
         with h5py.File(path, "a") as handle:
             group = handle.require_group(RESUME_GROUP)
             group.attrs["epoch"] = position.epoch
             group.attrs["step"] = position.step
-            metrics = group.require_group("metrics")
-            for i, values in enumerate(_metric_values(self.model)):
-                metric = metrics.require_group(str(i))
+            stored = group.require_group("metrics")
+            for i, values in enumerate(metrics):
+                metric = stored.require_group(str(i))
                 for j, value in enumerate(values):
                     metric.create_dataset(str(j), data=value)
             handle.attrs[FORMAT_ATTR] = FORMAT_VERSION

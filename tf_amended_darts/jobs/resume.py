@@ -31,11 +31,12 @@ Within an epoch a step checkpoint is not written after the last step: the
 epoch checkpoint follows it at once.
 """
 
+import math
 import os
 
 import keras
 
-from tf_amended_darts.core import distribute
+from tf_amended_darts.core import checkpoint, distribute
 from tf_amended_darts.core.checkpoint import Position
 from tf_amended_darts.jobs import preemption
 
@@ -55,6 +56,18 @@ def _preemption_for(strategy, directory):
     return _CLUSTER_HANDLERS[key]
 
 
+def _finite(logs):
+    """Whether every numeric value of ``logs`` is finite."""
+    for value in (logs or {}).values():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            return False
+    return True
+
+
 class StepCheckpoint(keras.callbacks.Callback):
     """The per-step half of `Resumable` (put it last among callbacks, so
     that a guard raising on a bad step stops before its checkpoint).
@@ -71,7 +84,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.run.begin_epoch(int(epoch))
 
     def on_train_batch_end(self, batch, logs=None):
-        self.run.after_step()
+        self.run.after_step(logs)
 
 
 class Resumable:
@@ -119,6 +132,10 @@ class Resumable:
                 "flags of that run, or use a new --model_dir."
             )
         self.preemption = _preemption_for(strategy, directory)
+        self.workers = 1
+        if distribute.is_multi_worker(strategy):
+            local = len(strategy.extended.worker_devices)
+            self.workers = strategy.num_replicas_in_sync // max(local, 1)
         self._epoch = self.position.epoch
         self._step = self.position.step
         self._saved = {}
@@ -162,22 +179,35 @@ class Resumable:
         self._step = 0
         if epoch == self.position.epoch and self.position.step:
             self._step = self.position.step
-            self.checkpointer.restore_metrics()
+            self.checkpointer.restore_metrics(scale=1.0 / self.workers)
 
-    def after_step(self):
-        """Called after every training step."""
+    def after_step(self, logs=None):
+        """Called after every training step, with the step's logs.
+
+        A step whose logs hold a NaN or an infinity writes no checkpoint
+        (the last one stays a good one; the loop's own guard reports it).
+        """
         self._step += 1
         if self._step >= self.steps_per_epoch:
             return  # the epoch checkpoint comes next (`end_epoch`)
+        if not _finite(logs):
+            return
         position = Position(self._epoch, self._step)
         if self.every_steps and self._step % self.every_steps == 0:
             self._save(position)
         self.preemption.check(lambda: self._save(position))
 
     def _save(self, position):
-        """Writes ``position``'s checkpoint once (chief); its message."""
-        if self.chief and position not in self._saved:
-            self._saved = {position: self.checkpointer.save(position)}
+        """Writes ``position``'s checkpoint once (chief); its message.
+
+        Every worker reads the metric states (a collective operation under
+        a multi-worker strategy); the chief writes.
+        """
+        if position not in self._saved:
+            metrics = checkpoint.metric_values(self.model)
+            if self.chief:
+                self.checkpointer.save(position, metrics)
+            self._saved = {position: True}
         return self._message(position)
 
     def _message(self, position):

@@ -43,8 +43,11 @@ LR_SCHEDULES = ("cosine", "linear")
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 GENOTYPE_FILE_HINT = "a genotype JSON file or one of "
 # Flags a run may resume with changed (run_dir.check): logging, checkpoint
-# cadence, where the data lives, how the work is distributed and compiled;
-# --epochs only upward. Any other difference changes the model or the data.
+# cadence, where the data lives, how the work is compiled; --epochs only
+# upward. Any other difference changes the model or the data. Not
+# --strategy / --num_gpus: with more than one replica an epoch drops its
+# last partial batch, so the steps per epoch, hence the schedule's epoch
+# count from the optimiser's iterations, could change under a resumed run.
 RESUMABLE = (
     "data_dir",
     "manual_dir",
@@ -53,8 +56,6 @@ RESUMABLE = (
     "tensorboard",
     "keep_checkpoints",
     "checkpoint_every_steps",
-    "strategy",
-    "num_gpus",
     "grappler",
     "deterministic",
 )
