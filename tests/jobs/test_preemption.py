@@ -6,6 +6,7 @@ SIGTERM tests on the search and re-training are in test_resume.py (slow).
 
 import os
 import signal
+import threading
 import time
 
 import keras
@@ -57,7 +58,8 @@ def _assert_same_weights(a, b):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
-@pytest.mark.parametrize("step", [2, STEPS])
+@pytest.mark.parametrize(
+    "step", [2, pytest.param(STEPS, marks=pytest.mark.slow)])
 def test_sigterm_writes_a_step_checkpoint_and_resume_is_exact(tmp_path,
                                                               step):
     straight, straight_logs = _train(tmp_path / "straight")
@@ -138,6 +140,36 @@ def test_cluster_preemption_saves_at_the_agreed_step_then_stops(tmp_path):
         preemption.clear()
     assert saved == [0]
     assert not (tmp_path / "h").exists()
+    handler.close()  # its watcher ended with the signal: nothing to stop
+
+
+def _watchers():
+    return [t for t in threading.enumerate()
+            if t.name.startswith("WorkerTerminationSignalWatcher")]
+
+
+def test_cluster_preemption_close_stops_its_watcher(tmp_path):
+    # The end of a run without a signal: the watcher thread would poll
+    # until the process exits (and a peer watcher would stay blocked).
+    before = _watchers()
+    handler = preemption.ClusterPreemption(_NoCluster(), str(tmp_path / "h"))
+    started = [t for t in _watchers() if t not in before]
+    assert len(started) == 1 and started[0].is_alive()
+    handler.close()
+    assert not started[0].is_alive()
+
+
+def test_watch_closes_the_cluster_handlers_it_saw(monkeypatch):
+    closed = []
+
+    class _Handler:
+        def close(self):
+            closed.append(1)
+
+    monkeypatch.setitem(preemption._CLUSTER, "strategy", _Handler())
+    with preemption.watch():
+        pass
+    assert closed == [1] and not preemption._CLUSTER
 
 
 def test_a_non_finite_step_writes_no_checkpoint(tmp_path):
@@ -148,3 +180,16 @@ def test_a_non_finite_step_writes_no_checkpoint(tmp_path):
     assert os.listdir(tmp_path) == []
     run.after_step({"loss": np.float32(1.5)})
     assert os.listdir(tmp_path) == ["ckpt-0001-step-000002.weights.h5"]
+
+
+def test_reclaim_takes_the_signals_back_inside_watch():
+    with preemption.watch():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as TF's C++ does
+        preemption.reclaim()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert preemption.requested() == "SIGTERM"
+    preemption.clear()
+    before = signal.getsignal(signal.SIGTERM)
+    preemption.reclaim()  # outside watch: nothing changes
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -223,7 +223,8 @@ class Checkpointer:
         self.keep = keep
         self.read_only = read_only
         self.log = log
-        self.metric_values = None  # the restored checkpoint's metric states
+        # The restored checkpoint's metric states (`metric_values`).
+        self.restored_metrics = None
         if read_only:
             return
         os.makedirs(self.directory, exist_ok=True)
@@ -276,7 +277,7 @@ class Checkpointer:
             CheckpointMismatchError: a readable checkpoint does not fit the
                 model (another configuration).
         """
-        self.metric_values = None
+        self.restored_metrics = None
         for position, path in reversed(list_checkpoints(self.directory)):
             reason = verify(path)
             if reason is not None:
@@ -296,7 +297,7 @@ class Checkpointer:
                 "configuration. Rerun with the flags of that run, or use a "
                 "new --model_dir."
             ) from None
-        self.metric_values = self._read_metrics(path)
+        self.restored_metrics = self._read_metrics(path)
 
     def _read_metrics(self, path):
         with h5py.File(path, "r") as handle:
@@ -311,37 +312,41 @@ class Checkpointer:
                 )
             return values
 
-    def restore_metrics(self, scale=1.0):
+    def restore_metrics(self):
         """Assigns the restored checkpoint's metric states to the model.
 
         Call it after the training loop resets the metrics at the start of
-        the resumed epoch (e.g. from a callback's ``on_epoch_begin``). The
-        metrics must have their variables by then (the models of this
-        package create their trackers in ``__init__``; Keras' compiled
-        metrics are built lazily, in the first traced step).
+        the resumed epoch (e.g. from a callback's ``on_epoch_begin``), in
+        cross-replica context. The metrics must have their variables by
+        then (the models of this package create their trackers in
+        ``__init__``; Keras' compiled metrics are built lazily, in the
+        first traced step).
 
-        Args:
-            scale: multiplies every value (``1 / workers`` under a
-                multi-worker strategy: each worker assigns its share of a
-                sum-on-read variable, whose read sums over all workers).
+        Under a `tf.distribute` strategy Keras' metric variables are
+        sync-on-read sums: the saved value is the sum over all replicas
+        of all workers, and assigning it in cross-replica context gives
+        each replica ``value / num_replicas_in_sync`` (TensorFlow's
+        ``values_util.on_read_assign_cross_replica``), whose sum is the
+        saved value again: nothing is scaled here.
 
         Raises:
             CheckpointMismatchError: when the model's metrics differ.
         """
-        if self.metric_values is None:
+        restored = self.restored_metrics
+        if restored is None:
             return
         metrics = list(getattr(self.model, "metrics", []))
         shapes = [[tuple(v.shape) for v in m.variables] for m in metrics]
-        stored = [[tuple(np.shape(v)) for v in m] for m in self.metric_values]
+        stored = [[tuple(np.shape(v)) for v in m] for m in restored]
         if shapes != stored:
             raise CheckpointMismatchError(
                 f"The checkpoint's metric states {stored} do not fit this "
                 f"model's metrics {shapes}: it comes from another "
                 "configuration."
             )
-        for metric, values in zip(metrics, self.metric_values, strict=True):
+        for metric, values in zip(metrics, restored, strict=True):
             for variable, value in zip(metric.variables, values, strict=True):
-                variable.assign(value * scale if scale != 1.0 else value)
+                variable.assign(value)
 
     # -- saving -------------------------------------------------------------
 
@@ -368,9 +373,9 @@ class Checkpointer:
         )
         try:
             _write_weights(self.model, tmp)
-            self._add_resume_state(
-                tmp, position, metrics or metric_values(self.model)
-            )
+            if metrics is None:
+                metrics = metric_values(self.model)
+            self._add_resume_state(tmp, position, metrics)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)

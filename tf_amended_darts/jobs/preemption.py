@@ -22,11 +22,15 @@ forever in the next collective operation. This is what
 (``termination_watcher_fn``), it agrees on the step through the
 coordination service, then calls our ``save_fn`` (the chief writes the
 step checkpoint; it does not use its own ``tf.train.Checkpoint``
-format) and our ``exit_fn`` (raising `Preempted`), on every worker.
-Where it does not fit: under ``fit`` in one process it would add nothing
-but a one-step delay and a probe of the GCE metadata server at start, and
-on a GCE VM without GPUs it ignores signals altogether (its GCE_CPU
-platform is unsupported), so one process reads the flag directly.
+format) and our ``exit_fn`` (raising `Preempted`), on every worker. Its
+watcher polls once a second, so a worker may run a second's worth of
+steps before the agreed stop. TensorFlow's coordination service installs
+a C++ SIGTERM handler of its own when the strategy starts, which would
+swallow the signal: `reclaim` takes it back. Where it does not fit:
+under ``fit`` in one process it would add nothing but a one-step delay and
+a probe of the GCE metadata server at start, and on a GCE VM without
+GPUs it ignores signals altogether (its GCE_CPU platform is unsupported),
+so one process reads the flag directly.
 """
 
 import contextlib
@@ -41,6 +45,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _state = {"signal": None, "installed": False}
 _lock = threading.Lock()
+# One PreemptionCheckpointHandler per strategy and process: its
+# coordination-service keys are global to the cluster.
+_CLUSTER = {}
 
 
 class Preempted(Exception):
@@ -99,9 +106,27 @@ def watch():
     try:
         yield
     finally:
+        close_cluster_handlers()
         _state["installed"] = False
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def reclaim():
+    """Installs this module's handlers again, if `watch` is active.
+
+    TensorFlow's coordination service (started with a multi-worker
+    strategy) installs a SIGTERM handler of its own in C++
+    (``SigtermNotifier``), which replaces ours and swallows the signal;
+    the training loop calls this once the strategy exists
+    (`resume.Resumable`).
+    """
+    if not _state["installed"]:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in SIGNALS:
+        signal.signal(s, _handler)
 
 
 def stop_message(position, checkpoint_path):
@@ -187,3 +212,40 @@ class ClusterPreemption:
     def check(self, save):
         self._save = save
         self.handler.save_checkpoint_if_preempted()
+
+    def close(self):
+        """Stops the handler's watcher threads (at the end of a run).
+
+        Otherwise its peer watcher stays blocked on a coordination-service
+        key until the process exits, and prints a traceback when the chief
+        (which hosts the service) exits first. The first worker to close
+        releases every worker's watcher (TensorFlow's own clean-up, which
+        `PreemptionCheckpointHandler.__del__` runs too late).
+        """
+        handler = self.handler
+        for name in (
+            "_stop_cluster_wise_termination_watcher_thread",
+            "_stop_poll_termination_signal_thread",
+        ):
+            stop = getattr(handler, name, None)
+            if stop is None:
+                continue
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 (the run is over)
+                pass
+
+
+def cluster_preemption(strategy, directory):
+    """The `ClusterPreemption` of ``strategy`` (one per process)."""
+    key = id(strategy)
+    if key not in _CLUSTER:
+        _CLUSTER[key] = ClusterPreemption(strategy, directory)
+    return _CLUSTER[key]
+
+
+def close_cluster_handlers():
+    """`ClusterPreemption.close` of every handler made; forgets them."""
+    while _CLUSTER:
+        _, handler = _CLUSTER.popitem()
+        handler.close()

@@ -40,20 +40,14 @@ from tf_amended_darts.core import checkpoint, distribute
 from tf_amended_darts.core.checkpoint import Position
 from tf_amended_darts.jobs import preemption
 
-# One PreemptionCheckpointHandler per process: its coordination-service
-# keys are global to the cluster (see `preemption.ClusterPreemption`).
-_CLUSTER_HANDLERS = {}
-
 
 def _preemption_for(strategy, directory):
+    preemption.reclaim()  # after the strategy: see `preemption.reclaim`
     if not distribute.is_multi_worker(strategy):
         return preemption.LocalPreemption()
-    key = id(strategy)
-    if key not in _CLUSTER_HANDLERS:
-        _CLUSTER_HANDLERS[key] = preemption.ClusterPreemption(
-            strategy, os.path.join(directory, ".preemption-handler")
-        )
-    return _CLUSTER_HANDLERS[key]
+    return preemption.cluster_preemption(
+        strategy, os.path.join(directory, ".preemption-handler")
+    )
 
 
 def _finite(logs):
@@ -132,10 +126,6 @@ class Resumable:
                 "flags of that run, or use a new --model_dir."
             )
         self.preemption = _preemption_for(strategy, directory)
-        self.workers = 1
-        if distribute.is_multi_worker(strategy):
-            local = len(strategy.extended.worker_devices)
-            self.workers = strategy.num_replicas_in_sync // max(local, 1)
         self._epoch = self.position.epoch
         self._step = self.position.step
         self._saved = {}
@@ -179,7 +169,7 @@ class Resumable:
         self._step = 0
         if epoch == self.position.epoch and self.position.step:
             self._step = self.position.step
-            self.checkpointer.restore_metrics(scale=1.0 / self.workers)
+            self.checkpointer.restore_metrics()
 
     def after_step(self, logs=None):
         """Called after every training step, with the step's logs.
