@@ -58,7 +58,9 @@ RETRAIN = [
     "--notensorboard",
 ]
 STOP_LINE = re.compile(
-    r"^stopped by SIGTERM at (epoch [23], step [1-4]|the end of epoch [23])"
+    # Epoch 3's end would be the end of the run (its checkpoint written):
+    # the signal must come before it (a 0-0.5 s delay after epoch 1).
+    r"^stopped by SIGTERM at (epoch [23], step [1-4]|the end of epoch 2)"
     r": checkpoint \S+ written; rerun the same command to resume "
     r"\(exit status 75\)\.$"
 )
