@@ -380,10 +380,25 @@ def test_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path):
         tmp_path, "resume", 0,
     )
     assert not any("Traceback" in log for log in logs), logs
-    for name in ("genotype.json", "metrics.csv"):
-        # metrics.csv: the resumed epoch's means cover its steps before
-        # the stop (restored metric states) and after, as uninterrupted.
-        assert (stopped / name).read_text() == (straight / name).read_text()
+    assert (stopped / "genotype.json").read_text() == (
+        straight / "genotype.json"
+    ).read_text()
+    # metrics.csv: the resumed epoch's means cover its steps before the
+    # stop (restored metric states) and after, as uninterrupted; equal to
+    # the last float32 bit only: each worker's sync-on-read sum restarts
+    # from half the saved global sum, so the additions are grouped
+    # otherwise (measured: 1.1788136959 vs 1.1788135767, one ulp).
+    rows = [
+        (d / "metrics.csv").read_text().splitlines()
+        for d in (straight, stopped)
+    ]
+    assert len(rows[0]) == len(rows[1]) == 4  # header + 3 epochs
+    assert rows[0][0] == rows[1][0]
+    np.testing.assert_allclose(
+        np.array([r.split(",") for r in rows[1][1:]], float),
+        np.array([r.split(",") for r in rows[0][1:]], float),
+        rtol=1e-6, atol=0,
+    )
     with np.load(straight / "arch_history.npz") as a, np.load(
         stopped / "arch_history.npz"
     ) as b:
