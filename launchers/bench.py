@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -318,6 +318,8 @@ def run_one(run, batch, fv):
 
 def main(argv, fv=flags.FLAGS):
     del argv
+    from tf_amended_darts.jobs import errors  # light: no TensorFlow
+
     if fv.require_gpus and not fv.single:
         from tf_amended_darts.core import distribute
 
@@ -326,7 +328,8 @@ def main(argv, fv=flags.FLAGS):
         except ValueError as error:
             sys.exit(f"error: {error}")
     layers, channels, size, _ = PRESETS[fv.preset]
-    sizes = batch_sizes(fv)
+    with errors.usage():
+        sizes = batch_sizes(fv)
     if fv.single:
         start_rss_guard(fv.max_rss_gb)
         arch_grad, hvp = fv.single.split(":")
@@ -344,5 +347,7 @@ def main(argv, fv=flags.FLAGS):
 
 
 if __name__ == "__main__":
+    from tf_amended_darts.jobs import errors
+
     define_flags()
-    app.run(main)
+    errors.run(main)

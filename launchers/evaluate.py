@@ -17,7 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import export, language_export  # noqa: E402
+from tf_amended_darts.jobs import errors, export, language_export  # noqa: E402
 
 
 def main(argv, fv=flags.FLAGS):
@@ -33,4 +33,4 @@ def main(argv, fv=flags.FLAGS):
 
 if __name__ == "__main__":
     export.define_evaluate_flags()
-    app.run(lambda argv: main(argv) and None)  # exit status 0 on success
+    errors.run(main)

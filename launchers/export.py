@@ -19,7 +19,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import export, language_export  # noqa: E402
+from tf_amended_darts.jobs import errors, export, language_export  # noqa: E402
 
 
 def main(argv, fv=flags.FLAGS):
@@ -40,4 +40,4 @@ def main(argv, fv=flags.FLAGS):
 if __name__ == "__main__":
     export.define_export_flags()
     flags.mark_flags_as_required(["model_dir", "export_dir"])
-    app.run(lambda argv: main(argv) and None)  # exit status 0 on success
+    errors.run(main)

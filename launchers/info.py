@@ -18,7 +18,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_amended_darts.jobs import language_train  # noqa: E402
+from tf_amended_darts.jobs import errors, language_train  # noqa: E402
 from tf_amended_darts.vision import flops, network  # noqa: E402
 from tf_amended_darts.vision import genotype as G  # noqa: E402
 
@@ -86,4 +86,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    errors.run(main)

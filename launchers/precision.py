@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from tf_amended_darts.jobs import precision  # noqa: E402
+from tf_amended_darts.jobs import errors, precision  # noqa: E402
 from tf_amended_darts.vision import search_space as S  # noqa: E402
 
 DEFAULT_ROWS = (
@@ -106,7 +106,8 @@ def table(results):
 def main(argv, fv=flags.FLAGS):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    rows = [parse_row(r) for r in fv.rows]
+    with errors.usage():
+        rows = [parse_row(r) for r in fv.rows]
     seeds = [int(s) for s in fv.seeds]
     results = []
     for row in rows:
@@ -151,4 +152,4 @@ def main(argv, fv=flags.FLAGS):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(lambda argv: main(argv) and None)
+    errors.run(main)

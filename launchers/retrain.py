@@ -9,6 +9,8 @@ newest checkpoint in --model_dir; ``--seeds=0,1,2`` trains one network per
 seed and writes the mean and std of the test error. ``--task=ptb`` trains
 a recurrent genotype instead (tf_amended_darts/jobs/language_train.py);
 see tf_amended_darts/jobs/retrain.py for the CNN run directory's layout.
+SIGTERM / SIGINT (CNN): a step checkpoint, one line, exit status 75;
+errors: one line, exit status 1 or 2 (tf_amended_darts/jobs/errors.py).
 """
 
 import json
@@ -20,8 +22,10 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_amended_darts.jobs import (  # noqa: E402
+    errors,
     language_config,
     language_train,
+    preemption,
     retrain,
     retrain_config,
 )
@@ -32,10 +36,13 @@ def main(argv, fv=flags.FLAGS):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if "task" in fv and fv.task == "ptb":
         return _train_language(fv)
-    config = retrain_config.from_flags(fv)
+    with errors.usage():
+        config = retrain_config.from_flags(fv)
+    retrain.check_run_dir(config)  # before anything is written
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
-    result = retrain.run(config)
+    with preemption.watch():
+        result = retrain.run(config)
     d = config.model_dir
     runs = os.path.join(d, "seed_*") if config.seeds else d
     name = retrain.SUMMARY_FILE if config.seeds else retrain.RESULT_FILE
@@ -52,7 +59,8 @@ def main(argv, fv=flags.FLAGS):
 
 def _train_language(fv):
     """--task=ptb: trains a recurrent genotype (NT-ASGD), test perplexity."""
-    config = language_config.train_from_flags(fv)
+    with errors.usage():
+        config = language_config.train_from_flags(fv)
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
     result = language_train.run(config)
@@ -66,4 +74,4 @@ if __name__ == "__main__":
     retrain_config.define_flags()
     language_config.define_train_flags()
     flags.mark_flags_as_required(["genotype", "model_dir"])
-    app.run(lambda argv: main(argv) and None)  # exit status 0 on success
+    errors.run(main)

@@ -8,7 +8,9 @@
 ``--task=vision`` (default) searches CNN cells, ``--task=ptb`` a recurrent
 cell. Rerunning the same command resumes from the newest checkpoint in
 --model_dir. See tf_amended_darts/jobs/search.py and language_search.py
-for the run directories' layouts.
+for the run directories' layouts. SIGTERM / SIGINT (CNN search): a step
+checkpoint, one line, exit status 75; errors: one line, exit status 1 or 2
+(tf_amended_darts/jobs/errors.py).
 """
 
 import os
@@ -19,8 +21,10 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_amended_darts.jobs import (  # noqa: E402
+    errors,
     language_config,
     language_search,
+    preemption,
     search,
     search_config,
 )
@@ -31,11 +35,19 @@ from tf_amended_darts.vision import visualize  # noqa: E402
 def run_search(fv=flags.FLAGS):
     """Runs the search the flags describe; returns the final genotype."""
     ptb = "task" in fv and fv.task == "ptb"
-    config = (language_config.search_from_flags(fv) if ptb
-              else search_config.from_flags(fv))
-    os.makedirs(config.model_dir, exist_ok=True)
-    fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
-    genotype = (language_search.run if ptb else search.run)(config)
+    with errors.usage():
+        config = (language_config.search_from_flags(fv) if ptb
+                  else search_config.from_flags(fv))
+    if ptb:
+        os.makedirs(config.model_dir, exist_ok=True)
+        fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
+        genotype = language_search.run(config)
+    else:
+        search.check_run_dir(config)  # before anything is written
+        os.makedirs(config.model_dir, exist_ok=True)
+        fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
+        with preemption.watch():
+            genotype = search.run(config)
     d = config.model_dir
     print((rnn_visualize if ptb else visualize).genotype_to_text(genotype))
     print(f"genotype:    {os.path.join(d, 'genotype.json')}")
@@ -54,4 +66,4 @@ if __name__ == "__main__":
     search_config.define_flags()
     language_config.define_search_flags()
     flags.mark_flag_as_required("model_dir")
-    app.run(main)
+    errors.run(main)

@@ -11,13 +11,13 @@ per estimator).
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_amended_darts.core import bilevel  # noqa: E402
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD  # noqa: E402
-from tf_amended_darts.jobs import toy  # noqa: E402
+from tf_amended_darts.jobs import errors, toy  # noqa: E402
 
 # Toy defaults: large enough steps that 500 steps show both behaviours;
 # eta = 0.5 > critical_eta() ~ 0.125 (see tf_amended_darts/jobs/toy.py).
@@ -51,7 +51,8 @@ def define_flags(fv=flags.FLAGS):
 
 def main(argv, fv=flags.FLAGS):
     del argv
-    bilevel.validate_estimator(fv.arch_grad, fv.eta, fv.hvp)
+    with errors.usage():
+        bilevel.validate_estimator(fv.arch_grad, fv.eta, fv.hvp)
     os.makedirs(fv.output_dir, exist_ok=True)
     names = [fv.arch_grad] + (
         [n for n in bilevel.ARCH_GRADS if n != fv.arch_grad]
@@ -79,4 +80,4 @@ def main(argv, fv=flags.FLAGS):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    errors.run(main)

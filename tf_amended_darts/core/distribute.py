@@ -290,62 +290,48 @@ def per_replica_batch_size(global_batch, strategy=None):
 
 
 def restore(model, directory, keep, strategy=None):
-    """Restores ``model`` from its newest epoch checkpoint, if any.
+    """Restores ``model`` from its newest readable checkpoint, if any.
 
-    The chief owns ``directory`` (an `checkpoint.EpochCheckpointer`, which
-    also clears interrupted saves); other workers only read the chief's
-    newest checkpoint. Under a multi-worker strategy every worker must
-    restore the same epoch (a shared ``--model_dir``), or the workers would
-    run different numbers of steps and wait for each other forever.
+    The chief owns ``directory`` (a `checkpoint.Checkpointer`, which also
+    clears interrupted saves and renames damaged checkpoints); other
+    workers get a read-only one over the chief's files. Under a
+    multi-worker strategy every worker must restore the same position (a
+    shared ``--model_dir``), or the workers would run different numbers of
+    steps and wait for each other forever.
 
     Args:
         model: the model to restore (built in the strategy's scope).
         directory: the checkpoint directory.
-        keep: checkpoints the chief keeps.
+        keep: checkpoints of each kind the chief keeps.
         strategy: default: the strategy of the current scope.
 
     Returns:
-        ``(epoch, checkpointer)``: the epoch restored (0 if none) and the
-        chief's `EpochCheckpointer` (None on other workers).
+        ``(position, checkpointer)``: the `checkpoint.Position` restored
+        (``(0, 0)`` if none) and this worker's `checkpoint.Checkpointer`
+        (read-only on workers other than the chief).
 
     Raises:
-        ValueError: when the workers restored different epochs.
+        ValueError: when the workers restored different positions.
+        checkpoint.CheckpointMismatchError: a checkpoint that does not fit.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    checkpointer = None
-    if is_chief(strategy):
-        checkpointer = checkpoint.EpochCheckpointer(model, directory, keep)
-        epoch = checkpointer.restore()
-    else:
-        epoch = _restore_read_only(model, directory)
+    checkpointer = checkpoint.Checkpointer(
+        model, directory, keep, read_only=not is_chief(strategy)
+    )
+    position = checkpointer.restore()
     if is_multi_worker(strategy):
-        epochs = strategy.gather(
-            strategy.run(lambda: tf.constant([epoch], tf.int64)), axis=0
+        found = strategy.gather(
+            strategy.run(lambda: tf.constant([list(position)], tf.int64)),
+            axis=0,
         )
-        epochs = sorted({int(e) for e in epochs.numpy()})
-        if len(epochs) > 1:
+        found = sorted({tuple(int(x) for x in row) for row in found.numpy()})
+        if len(found) > 1:
             raise ValueError(
-                f"The workers found checkpoints of different epochs {epochs}"
-                f" in {directory}: every worker needs the same --model_dir, "
-                "on a shared filesystem."
+                f"The workers found checkpoints of different positions "
+                f"{found} in {directory}: every worker needs the same "
+                "--model_dir, on a shared filesystem."
             )
-    return epoch, checkpointer
-
-
-def _restore_read_only(model, directory):
-    if not os.path.isdir(directory):
-        return 0
-    epochs = sorted(
-        int(match.group(1))
-        for match in map(checkpoint.PATTERN.match, os.listdir(directory))
-        if match
-    )
-    if not epochs:
-        return 0
-    model.load_weights(
-        os.path.join(directory, f"ckpt-{epochs[-1]:04d}.weights.h5")
-    )
-    return epochs[-1]
+    return position, checkpointer
 
 
 # --------------------------------------------------------------------------

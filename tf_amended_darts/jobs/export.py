@@ -63,20 +63,13 @@ TOP_K = retrainer.TOP_K
 
 
 def latest_checkpoint(model_dir):
-    """The newest ``checkpoints/ckpt-<epoch>.weights.h5``, or None.
+    """The newest checkpoint in ``model_dir/checkpoints`` (an epoch's end
+    or a step within an epoch), or None.
 
-    Read-only (no `checkpoint.EpochCheckpointer`, whose constructor clears
-    the temporary files of a save that may be in progress).
+    Read-only (no `checkpoint.Checkpointer`, whose constructor clears the
+    temporary files of a save that may be in progress).
     """
-    directory = os.path.join(model_dir, retrain.CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        return None
-    found = []
-    for name in os.listdir(directory):
-        match = checkpoint.PATTERN.match(name)
-        if match:
-            found.append((int(match.group(1)), name))
-    return os.path.join(directory, max(found)[1]) if found else None
+    return checkpoint.latest(os.path.join(model_dir, retrain.CHECKPOINT_DIR))
 
 
 def load_run(model_dir):

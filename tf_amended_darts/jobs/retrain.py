@@ -22,7 +22,9 @@ Run directory (``--model_dir``)::
 
     flags.txt, config.json     resolved flags (launcher) and config
     genotype.json              the genotype trained
-    checkpoints/               ckpt-<epoch>.weights.h5, atomic, per epoch
+    checkpoints/               atomic checkpoints: ckpt-NNNN (end of epoch
+                               N), ckpt-NNNN-step-SSSSSS (epoch N, step S)
+    config_changes.txt         flags changed on resume (run_dir.py)
     metrics.csv                per epoch: lr, drop-path, train loss/top-1/
                                top-5, test loss/top-1/top-5
     tensorboard/retrain/       the same scalars, step = epoch number
@@ -34,12 +36,17 @@ layout above) and ``model_dir/summary.json`` holds the mean and sample
 standard deviation (``ddof=1``, as ``numpy.std(..., ddof=1)``; ``null``
 for one seed) of the test errors over the seeds, as the paper's tables.
 
-Resuming: rerunning the same command loads the newest checkpoint (weights,
-optimiser state, batch-norm statistics, drop-path seed-generator states)
-and goes on with the epoch after it; each epoch's data pipeline is built
-from ``(seed, epoch)``. With ``--deterministic`` a resumed run ends with
-exactly the weights of an uninterrupted one. Rows of ``metrics.csv`` after
-the restored epoch are dropped. Accuracies are fractions; errors in
+Resuming: rerunning the same command loads the newest readable checkpoint
+(weights, optimiser state, batch-norm statistics, drop-path seed-generator
+states, metric states; at an epoch's end, or within an epoch with
+``--checkpoint_every_steps`` or after SIGTERM / SIGINT) and goes on from
+there (`resume.Resumable`); each epoch's data pipeline is built from
+``(seed, epoch)`` and the batches already consumed are skipped. With
+``--deterministic`` a resumed run ends with exactly the weights and
+metrics of an uninterrupted one. Rows of ``metrics.csv`` after the
+restored epoch are dropped. The run directory belongs to one configuration
+(`check_run_dir`): flags that change the model or the data stop the run
+before anything is written. Accuracies are fractions; errors in
 ``result.json`` and ``summary.json`` are percentages.
 
 Distribution (``--strategy``, ``--num_gpus``; `distribute.make_strategy`):
@@ -87,7 +94,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_amended_darts.core import custom_loop, distribute
-from tf_amended_darts.jobs import retrain_config, summaries
+from tf_amended_darts.jobs import resume, retrain_config, run_dir, summaries
 from tf_amended_darts.jobs.retrainer import (
     base_optimizer,
     build_network,
@@ -266,8 +273,12 @@ def _save_final_weights(net, path):
     os.replace(tmp, path)
 
 
+def _json(value):
+    return json.dumps(value, indent=1, sort_keys=True) + "\n"
+
+
 def _write_json(path, value):
-    G.atomic_write(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+    G.atomic_write(path, _json(value))
 
 
 def _cells(genotype):
@@ -275,30 +286,62 @@ def _cells(genotype):
     return {k: v for k, v in G.to_dict(genotype).items() if k != "metadata"}
 
 
-def _check_genotype(model_dir, genotype):
-    path = os.path.join(model_dir, GENOTYPE_FILE)
-    if os.path.exists(path):
-        old = _cells(G.load(path))
-        if old != _cells(genotype):
-            raise ValueError(
-                f"--model_dir={model_dir} holds a run of another genotype "
-                f"({path}); --genotype gives a different one. Use a new "
-                "--model_dir, or the genotype of that run."
+def check_run_dir(config, genotype=None):
+    """Checks ``config`` against the run in its ``--model_dir``; writes
+    nothing.
+
+    The flags are compared with ``config.json`` (`run_dir.check`;
+    ``--genotype`` by the cells it names, not by its path), and the
+    genotype with the run's ``genotype.json`` (of each seed's directory
+    with ``--seeds``).
+
+    Returns:
+        The allowed changes (``--epochs`` upward, logging, ...).
+
+    Raises:
+        run_dir.ConfigMismatchError: naming what differs.
+    """
+    genotype = genotype or config.load_genotype()
+    changes = run_dir.check(
+        config.model_dir,
+        config.to_dict(),
+        resumable=retrain_config.RESUMABLE,
+        upward=retrain_config.UPWARD,
+        ignore=("model_dir", "genotype"),
+        defaults=retrain_config.DEFAULTS,
+    )
+    dirs = [config.model_dir]
+    if config.seeds:
+        dirs = [seed_dir(config.model_dir, s) for s in config.seeds]
+    for directory in dirs:
+        path = os.path.join(directory, GENOTYPE_FILE)
+        if os.path.exists(path) and _cells(G.load(path)) != _cells(genotype):
+            raise run_dir.ConfigMismatchError(
+                f"--model_dir={config.model_dir} holds a run of another "
+                f"genotype ({path}) than --genotype={config.genotype}; "
+                "nothing was written. Rerun with the genotype of that run "
+                "to resume it, or pass a new --model_dir."
             )
-    G.save(genotype, path)
+    return changes
 
 
 # --------------------------------------------------------------------------
 # Runs.
 
 
-def _fit_one_epoch(model, config, epoch, steps, test, callbacks, drop):
-    """One epoch of training then evaluation; the epoch's logs."""
+def _fit_one_epoch(model, config, epoch, run, test, callbacks, drop):
+    """One epoch of training then evaluation; the epoch's logs.
+
+    ``run`` (a `resume.Resumable`) skips the batches a step checkpoint's
+    epoch already consumed and adds the per-step checkpoint callback.
+    """
     strategy = model.distribute_strategy
     if drop:
         train = train_data(config, epoch, drop_remainder=True)
     else:
         train = train_data(config, epoch)
+    train, steps = run.epoch_data(epoch, train)
+    callbacks = callbacks + run.callbacks()
     if not distribute.is_multi_worker(strategy):
         # fit to the last epoch, stopped after this one: Keras then shows
         # "Epoch e/epochs" and the callbacks get the true epoch index.
@@ -341,12 +384,10 @@ def run_one(config, strategy=None):
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
     genotype = config.load_genotype()
+    changes = check_run_dir(config, genotype)
     if chief:
-        os.makedirs(config.model_dir, exist_ok=True)
-        _check_genotype(config.model_dir, genotype)
-        _write_json(
-            os.path.join(config.model_dir, CONFIG_FILE), config.to_dict()
-        )
+        run_dir.record(config.model_dir, _json(config.to_dict()), changes)
+        G.save(genotype, os.path.join(config.model_dir, GENOTYPE_FILE))
     set_up(config)
     # More than one replica: no partial batch (a replica could get none).
     drop = strategy.num_replicas_in_sync > 1
@@ -354,20 +395,28 @@ def run_one(config, strategy=None):
     with strategy.scope():
         net = build_network(config, genotype)
         model = build_retrainer(config, net, steps)
-    start, checkpointer = distribute.restore(
+    run = resume.Resumable(
         model,
         os.path.join(config.model_dir, CHECKPOINT_DIR),
-        config.keep_checkpoints,
-        strategy,
+        steps_per_epoch=steps,
+        keep=config.keep_checkpoints,
+        every_steps=config.checkpoint_every_steps,
+        strategy=strategy,
     )
-    if start > config.epochs:
+    start = run.position.epoch
+    if start > config.epochs or (
+        start == config.epochs and run.position.step
+    ):
         raise ValueError(
             f"Invalid --epochs={config.epochs}: --model_dir="
-            f"{config.model_dir} holds a checkpoint of epoch {start}. Pass "
-            f"--epochs >= {start}, or a new --model_dir."
+            f"{config.model_dir} holds a checkpoint of "
+            f"{run.position.describe()}. Pass --epochs >= {start + 1}, or "
+            "a new --model_dir."
         )
-    if start:
-        print(f"Resuming {config.model_dir} after epoch {start}.")
+    if run.position != (0, 0):
+        print(
+            f"Resuming {config.model_dir} after {run.position.describe()}."
+        )
     log = _EpochLog(
         config.model_dir, config.tensorboard, start, read_only=not chief
     )
@@ -377,7 +426,7 @@ def run_one(config, strategy=None):
         began = time.time()
         lr = float(base_optimizer(model.optimizer).current_learning_rate())
         logs = _fit_one_epoch(
-            model, config, epoch, steps, test, [drop_path], drop
+            model, config, epoch, run, test, [drop_path], drop
         )
         _check_finite(logs, epoch, config.model_dir)
         row = {
@@ -392,8 +441,7 @@ def run_one(config, strategy=None):
             seconds=time.time() - began,
         )
         log.add(row)
-        if chief:
-            checkpointer.save(epoch + 1)
+        run.end_epoch(epoch + 1)
     log.close()
     final = log.last()
     if final is None or int(final["epoch"]) != config.epochs:
@@ -513,11 +561,9 @@ def run(config):
     if not config.seeds:
         return run_one(config, strategy)
     chief = distribute.is_chief(strategy)
+    changes = check_run_dir(config)
     if chief:
-        os.makedirs(config.model_dir, exist_ok=True)
-        _write_json(
-            os.path.join(config.model_dir, CONFIG_FILE), config.to_dict()
-        )
+        run_dir.record(config.model_dir, _json(config.to_dict()), changes)
     results = []
     for seed in config.seeds:
         one = dataclasses.replace(

@@ -42,6 +42,24 @@ LR_SCHEDULES = ("cosine", "linear")
 # with dynamic loss scaling (keras.optimizers.LossScaleOptimizer).
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 GENOTYPE_FILE_HINT = "a genotype JSON file or one of "
+# Flags a run may resume with changed (run_dir.check): logging, checkpoint
+# cadence, where the data lives, how the work is compiled; --epochs only
+# upward. Any other difference changes the model or the data. Not
+# --strategy / --num_gpus: with more than one replica an epoch drops its
+# last partial batch, so the steps per epoch, hence the schedule's epoch
+# count from the optimiser's iterations, could change under a resumed run.
+RESUMABLE = (
+    "data_dir",
+    "manual_dir",
+    "download",
+    "verbose",
+    "tensorboard",
+    "keep_checkpoints",
+    "checkpoint_every_steps",
+    "grappler",
+    "deterministic",
+)
+UPWARD = ("epochs",)
 
 
 def define_flags(fv=flags.FLAGS):
@@ -186,7 +204,19 @@ def define_flags(fv=flags.FLAGS):
         "bar, 2: one line per epoch, 0: silent).",
         **d,
     )
-    flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept.", **d)
+    flags.DEFINE_integer(
+        "keep_checkpoints",
+        2,
+        "Epoch checkpoints kept, and step checkpoints kept.",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "checkpoint_every_steps",
+        0,
+        "Also write a step checkpoint every this many steps of an epoch "
+        "(0: only at epoch ends and on SIGTERM / SIGINT).",
+        **d,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +254,7 @@ class RetrainConfig:
     tensorboard: bool = True
     verbose: int = 2
     keep_checkpoints: int = 2
+    checkpoint_every_steps: int = 0
     strategy: str = "default"
     num_gpus: int = 0
 
@@ -341,6 +372,12 @@ def validate(c):
         _fail("verbose", "0, 1, 2", c.verbose)
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
+    if c.checkpoint_every_steps < 0:
+        _fail(
+            "checkpoint_every_steps",
+            "an integer >= 0 (0: epoch ends and signals only)",
+            c.checkpoint_every_steps,
+        )
     distribute.validate(c.strategy, c.num_gpus)
     _load_genotype(c.genotype)
 
@@ -354,3 +391,11 @@ def from_flags(fv=flags.FLAGS):
             value = parse_seeds(value)
         kwargs[field.name] = value
     return RetrainConfig(**kwargs)
+
+
+# Field defaults, for a config.json written before a field existed.
+DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(RetrainConfig)
+    if f.default is not dataclasses.MISSING
+}

@@ -5,23 +5,30 @@ Run directory (``--model_dir``)::
     flags.txt, config.json       resolved flags and config
     genotype.json (+ PNGs)       the final genotype (of stage 2 for
                                  --edges=searched)
-    checkpoints/                 one atomic checkpoint per epoch
+    checkpoints/                 atomic checkpoints: ckpt-NNNN (end of
+                                 epoch N), ckpt-NNNN-step-SSSSSS (epoch
+                                 N, step S; core/checkpoint.py)
+    config_changes.txt           flags changed on resume (run_dir.py)
     genotypes/, arch_history.npz, metrics.csv, tensorboard/search/
                                  per-epoch artefacts (callbacks.py)
     stopping.json                the stop rule's state (jobs/stopping.py)
     stage1/, stage2/             the same, per stage, for --edges=searched
 
-Resuming: rerunning the same command finds the newest checkpoint and goes on
-from the epoch after it; a finished stage is not rerun.
+Resuming: rerunning the same command finds the newest readable checkpoint
+(an epoch's end, or a step within an epoch: ``--checkpoint_every_steps``,
+SIGTERM / SIGINT) and goes on from there (`resume.Resumable`); a finished
+stage is not rerun. Each epoch's data pipeline is built from ``(seed,
+epoch)`` and the batches a step checkpoint's epoch already consumed are
+skipped, so a resumed run sees the same batches as an uninterrupted one.
+The run directory belongs to one configuration (`run_dir`): a rerun with
+flags that change the model or the data stops before writing anything.
 
 Search to convergence (``--stop_when_stable=K``, `stopping`): a stage ends
 once its derived genotype has not changed for K epochs (``--epochs`` is
 the upper bound); the count survives a resume, and ``genotype.json``'s
 metadata records ``stable_since_epoch`` and ``epochs_run``. Stability
 indicators and the gradient fidelity (``--fidelity_every``) are logged per
-epoch by `monitors`. Each epoch's data
-pipeline is built from ``(seed, epoch)``, so a resumed run sees the same
-batches as an uninterrupted one.
+epoch by `monitors`.
 
 Distribution (``--strategy``, ``--num_gpus``; `distribute.make_strategy`):
 ``--batch_size`` is the global batch of each half, split evenly over the
@@ -47,6 +54,7 @@ architecture gradient was just taken.
 """
 
 import ctypes
+import dataclasses
 import json
 import os
 import shutil
@@ -61,7 +69,15 @@ from tf_amended_darts.core.optimizers import (
     TorchAdam,
     TorchSGD,
 )
-from tf_amended_darts.jobs import callbacks, monitors, precision, stopping
+from tf_amended_darts.jobs import (
+    callbacks,
+    monitors,
+    precision,
+    resume,
+    run_dir,
+    search_config,
+    stopping,
+)
 from tf_amended_darts.nn.drop_path import DropPathSchedule
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import genotype as G
@@ -223,14 +239,17 @@ def run_stage(
             node_inputs,
         )
     network = search.network
-    start, checkpointer = distribute.restore(
+    run = resume.Resumable(
         search,
         os.path.join(stage_dir, "checkpoints"),
-        config.keep_checkpoints,
-        strategy,
+        steps_per_epoch=steps,
+        keep=config.keep_checkpoints,
+        every_steps=config.checkpoint_every_steps,
+        strategy=strategy,
     )
-    if start:
-        print(f"Resuming {stage_dir} after epoch {start}.")
+    start = run.position.epoch
+    if run.position != (0, 0):
+        print(f"Resuming {stage_dir} after {run.position.describe()}.")
     fit_callbacks = [callbacks.NonFiniteGuard(model_dir=stage_dir)]
     if config.drop_path_prob:
         # Ramped per stage over its epochs, as re-training ramps it.
@@ -256,20 +275,19 @@ def run_stage(
     for epoch in range(start, config.epochs):
         if stopper.should_stop:
             break
-        pairs, _, _ = _data(config, epoch)
+        pairs, epoch_steps = run.epoch_data(epoch, _data(config, epoch)[0])
         fit_args = dict(
             initial_epoch=epoch,
             epochs=epoch + 1,
-            steps_per_epoch=steps,
+            steps_per_epoch=epoch_steps,
             verbose=config.verbose,
-            callbacks=fit_callbacks,
+            callbacks=fit_callbacks + run.callbacks(),
         )
         if multi_worker:
             custom_loop.custom_fit(search, pairs, **fit_args)
         else:
             search.fit(pairs, **fit_args)
-        if chief:
-            checkpointer.save(epoch + 1)
+        run.end_epoch(epoch + 1)
     genotype = network.genotype(
         metadata={
             "epochs": config.epochs,
@@ -348,11 +366,9 @@ def run_search(config, strategy):
         A `SearchResult`: the final genotype and network.
     """
     chief = distribute.is_chief(strategy)
+    changes = check_run_dir(config)
     if chief:
-        os.makedirs(config.model_dir, exist_ok=True)
-        G.atomic_write(
-            os.path.join(config.model_dir, "config.json"), config.to_json()
-        )
+        run_dir.record(config.model_dir, config.to_json(), changes)
     if config.edges != "searched":
         network, genotype = run_stage(
             config, config.model_dir, strategy=strategy
@@ -394,6 +410,25 @@ def run_search(config, strategy):
                     os.path.join(config.model_dir, name),
                 )
     return SearchResult(genotype, network)
+
+
+def check_run_dir(config):
+    """`run_dir.check` of ``config`` against its ``--model_dir``.
+
+    Returns:
+        The allowed changes (``--epochs`` upward, logging, ...).
+
+    Raises:
+        run_dir.ConfigMismatchError: naming each flag that differs from
+            the run already in ``--model_dir``; nothing is written.
+    """
+    return run_dir.check(
+        config.model_dir,
+        dataclasses.asdict(config),
+        resumable=search_config.RESUMABLE,
+        upward=search_config.UPWARD,
+        defaults=dataclasses.asdict(search_config.SearchConfig("_")),
+    )
 
 
 def run(config):

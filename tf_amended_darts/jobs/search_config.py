@@ -45,6 +45,26 @@ CONSISTENCY = {
 # in both steps of the bi-level engine, which it does not have.
 SEARCH_DTYPE_POLICIES = ("float32", "mixed_bfloat16")
 
+# Flags a run may resume with changed (run_dir.check): logging and
+# monitoring (the fidelity cadence), checkpoint cadence, the stop rule,
+# where the data lives, how the work is distributed and compiled; --epochs
+# only upward. Any other difference changes the model or the data.
+RESUMABLE = (
+    "data_dir",
+    "verbose",
+    "tensorboard",
+    "keep_checkpoints",
+    "checkpoint_every_steps",
+    "strategy",
+    "num_gpus",
+    "grappler",
+    "deterministic",
+    "fidelity_every",
+    "fidelity_cg_iterations",
+    "stop_when_stable",
+)
+UPWARD = ("epochs",)
+
 WITHOUT_CONSISTENCY = {
     "layers": 0,
     "init_channels": 0,
@@ -197,7 +217,19 @@ def define_flags(fv=flags.FLAGS):
         "bar, 2: one line per epoch, 0: silent).",
         **d,
     )
-    flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints kept.", **d)
+    flags.DEFINE_integer(
+        "keep_checkpoints",
+        2,
+        "Epoch checkpoints kept, and step checkpoints kept.",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "checkpoint_every_steps",
+        0,
+        "Also write a step checkpoint every this many steps of an epoch "
+        "(0: only at epoch ends and on SIGTERM / SIGINT).",
+        **d,
+    )
     flags.DEFINE_string(
         "strategy",
         "default",
@@ -302,6 +334,7 @@ class SearchConfig:
     tensorboard: bool = True
     verbose: int = 1
     keep_checkpoints: int = 2
+    checkpoint_every_steps: int = 0
     grappler: bool = False
     dtype_policy: str = "float32"
     strategy: str = "default"
@@ -430,6 +463,12 @@ def validate(c):
         _fail("verbose", "0, 1, 2", c.verbose)
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
+    if c.checkpoint_every_steps < 0:
+        _fail(
+            "checkpoint_every_steps",
+            "an integer >= 0 (0: epoch ends and signals only)",
+            c.checkpoint_every_steps,
+        )
     distribute.validate(c.strategy, c.num_gpus)
     if c.dtype_policy not in SEARCH_DTYPE_POLICIES:
         _fail(
