@@ -128,6 +128,11 @@ class SearchSpace:
         shared_per_cell_type: ``True`` when all normal cells share one set of
             architecture parameters and all reduction cells another (DARTS);
             ``False`` when each cell has its own set (S2).
+        edge_operators: optional per-edge operator lists of a shared space,
+            ``{"normal": [...], "reduce": [...]}`` with one list per edge of
+            the ``pruned`` layout (all of one length, names from
+            ``operators``): edge ``e`` mixes only its own (R-DARTS' S1).
+            ``None``: ``operators`` on every edge.
 
     Raises:
         ValueError: naming the field and the accepted values.
@@ -140,6 +145,7 @@ class SearchSpace:
     steps: int = DEFAULT_STEPS
     multiplier: int = DEFAULT_MULTIPLIER
     shared_per_cell_type: bool = True
+    edge_operators: dict = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -161,6 +167,53 @@ class SearchSpace:
                 "True or False",
                 self.shared_per_cell_type,
             )
+        if self.edge_operators is not None:
+            object.__setattr__(
+                self, "edge_operators", self._checked_edge_operators()
+            )
+
+    def _checked_edge_operators(self) -> dict:
+        # num_edges("pruned", steps), inline: SPACES below is built before
+        # the module's functions exist.
+        count = sum(j + NUM_CELL_INPUTS for j in range(self.steps))
+        expected = (
+            f"{{'normal': lists, 'reduce': lists}}: one operator list per "
+            f"edge of the pruned layout ({count}"
+            f" for steps={self.steps}), all of one length, names from "
+            f"{self.operators}, in a shared space"
+        )
+        value = self.edge_operators
+        if (
+            not self.shared_per_cell_type
+            or not isinstance(value, dict)
+            or set(value) != {"normal", "reduce"}
+        ):
+            raise invalid("edge_operators", expected, value)
+        out = {}
+        for key, lists in value.items():
+            lists = tuple(tuple(ops) for ops in lists)
+            if (
+                len(lists) != count
+                or len({len(ops) for ops in lists}) != 1
+                or any(
+                    len(set(ops)) != len(ops)
+                    or not set(ops) <= set(self.operators)
+                    for ops in lists
+                )
+            ):
+                raise invalid("edge_operators", expected, value)
+            out[key] = lists
+        return out
+
+    def edge_operators_for(self, layers: int):
+        """``edge_operators`` of the cell types a ``layers``-cell net has
+        (the `supernet.SearchNetwork` argument), or None."""
+        if self.edge_operators is None:
+            return None
+        return {
+            key: [list(ops) for ops in self.edge_operators[key]]
+            for key in cell_types_present(layers)
+        }
 
     @property
     def concat(self) -> tuple[int, ...]:
@@ -212,6 +265,50 @@ SPACES = {
         shared_per_cell_type=True,
     ),
 }
+
+
+# R-DARTS' spaces (Zela et al., ICLR 2020; automl/RobustDARTS src/spaces.py),
+# under their own names (../shared/baselines.md, "Name clash"): 8 cells,
+# C = 16, shared per cell type, alpha columns in R-DARTS' order. S1 gives
+# each edge its own two operators; S4 (``noise``) is not provided.
+_SKIP, _SEP3 = "skip_connect", "sep_conv_3x3"
+_DIL3, _DIL5 = "dil_conv_3x3", "dil_conv_5x5"
+_MAX, _AVG = "max_pool_3x3", "avg_pool_3x3"
+RDARTS_S1_EDGES = {
+    "normal": (
+        (_SKIP, _DIL3), (_SKIP, _DIL5), (_SKIP, _DIL5), (_SKIP, _SEP3),
+        (_SKIP, _DIL3), (_MAX, _SKIP), (_SKIP, _SEP3), (_SKIP, _SEP3),
+        (_SKIP, _DIL3), (_SKIP, _SEP3), (_MAX, _SKIP), (_SKIP, _DIL3),
+        (_DIL3, _DIL5), (_DIL3, _DIL5),
+    ),
+    "reduce": (
+        (_MAX, _AVG), (_MAX, _DIL3), (_MAX, _AVG), (_MAX, _AVG),
+        (_SKIP, _DIL5), (_MAX, _AVG), (_MAX, _SEP3), (_SKIP, _DIL3),
+        (_SKIP, _DIL5), (_MAX, _AVG), (_MAX, _AVG), (_SKIP, _DIL5),
+        (_SKIP, _DIL5), (_SKIP, _DIL5),
+    ),
+}
+SPACES.update(
+    rdarts_s1=SearchSpace(
+        name="rdarts_s1",
+        operators=(_MAX, _AVG, _SKIP, _SEP3, _DIL3, _DIL5),
+        layers=8,
+        init_channels=16,
+        edge_operators=RDARTS_S1_EDGES,
+    ),
+    rdarts_s2=SearchSpace(
+        name="rdarts_s2",
+        operators=(_SKIP, _SEP3),
+        layers=8,
+        init_channels=16,
+    ),
+    rdarts_s3=SearchSpace(
+        name="rdarts_s3",
+        operators=(NONE_OP, _SKIP, _SEP3),
+        layers=8,
+        init_channels=16,
+    ),
+)
 
 
 def space_names() -> tuple[str, ...]:
