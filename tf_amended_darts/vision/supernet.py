@@ -34,21 +34,21 @@ from tf_amended_darts.nn.base import output_dtype_policy
 from tf_amended_darts.nn.batch_norm import BatchNorm
 from tf_amended_darts.nn.conv import Conv2D
 from tf_amended_darts.nn.validate import check_bool, check_int, check_prob
-from tf_amended_darts.vision import derive
+from tf_amended_darts.vision import derive, stochastic_paths
 from tf_amended_darts.vision import search_space as S
 from tf_amended_darts.vision.auxiliary import AuxiliaryHeadCIFAR
 from tf_amended_darts.vision.cells import SearchCell
+from tf_amended_darts.vision.stochastic_paths import StochasticPaths
 
-# Weight-file entry of the drop-path seed-generator state.
-SEED_STATE_KEY = "drop_path_seed"
-# Weight-file entry of the skip-dropout seed-generator state (P-DARTS).
-SKIP_SEED_STATE_KEY = "skip_dropout_seed"
+# Weight-file entries of the seed-generator states (re-exported).
+SEED_STATE_KEY = stochastic_paths.SEED_STATE_KEY
+SKIP_SEED_STATE_KEY = stochastic_paths.SKIP_SEED_STATE_KEY
 # Prefix of the node-normalised edge weights in `arch_weights` (PC-DARTS).
 EDGE_NORM_PREFIX = "edge_norm_"
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
-class SearchNetwork(keras.Model):
+class SearchNetwork(StochasticPaths, keras.Model):
     """The DARTS super-network.
 
     Args:
@@ -173,35 +173,7 @@ class SearchNetwork(keras.Model):
         self.partial_channels = partial_channels
         self.edge_normalization = edge_normalization
         self.edge_operators = self._check_edge_operators(edge_operators)
-        # The constructor's value: whether drop-path is built in (config).
-        self.initial_drop_path_prob = drop_path_prob
-        self._drop_path_prob = None
-        self.drop_path_seed = None
-        if drop_path_prob > 0.0:
-            self._drop_path_prob = self.add_weight(
-                shape=(),
-                name="drop_path_prob",
-                trainable=False,
-                initializer=keras.initializers.Constant(drop_path_prob),
-                dtype="float32",
-            )
-            self.drop_path_seed = keras.random.SeedGenerator(
-                seed, name="drop_path_seed"
-            )
-        self.initial_skip_dropout_prob = skip_dropout_prob
-        self._skip_dropout_prob = None
-        self.skip_dropout_seed = None
-        if skip_dropout_prob > 0.0:
-            self._skip_dropout_prob = self.add_weight(
-                shape=(),
-                name="skip_dropout_prob",
-                trainable=False,
-                initializer=keras.initializers.Constant(skip_dropout_prob),
-                dtype="float32",
-            )
-            self.skip_dropout_seed = keras.random.SeedGenerator(
-                seed + 1, name="skip_dropout_seed"
-            )
+        self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
 
         c_curr = stem_multiplier * init_channels
         self.stem_conv = Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
@@ -245,59 +217,6 @@ class SearchNetwork(keras.Model):
             name="classifier",
             dtype=output_dtype_policy(self.dtype_policy),
         )
-
-    # -- drop-path -------------------------------------------------------------
-
-    @property
-    def drop_path(self):
-        """Whether drop-path is built in (``drop_path_prob`` > 0 at init)."""
-        return self._drop_path_prob is not None
-
-    @property
-    def drop_path_prob(self):
-        """Current drop-path probability (a float; assignable)."""
-        if self._drop_path_prob is None:
-            return 0.0
-        # Shortest decimal that round-trips the float32 (0.1, not 0.100..1).
-        return float(str(kops.convert_to_numpy(self._drop_path_prob)))
-
-    @drop_path_prob.setter
-    def drop_path_prob(self, value):
-        value = check_prob("drop_path_prob", value)
-        if self._drop_path_prob is None:
-            if value == 0.0:
-                return
-            raise ValueError(
-                "This SearchNetwork was built without drop-path: pass "
-                "`drop_path_prob` > 0 to the constructor (the largest value "
-                f"a schedule will set). Received: drop_path_prob={value}"
-            )
-        self._drop_path_prob.assign(value)
-
-    @property
-    def skip_dropout(self):
-        """Whether P-DARTS' skip dropout is built in."""
-        return self._skip_dropout_prob is not None
-
-    @property
-    def skip_dropout_prob(self):
-        """Current skip-dropout rate (a float; assignable)."""
-        if self._skip_dropout_prob is None:
-            return 0.0
-        return float(str(kops.convert_to_numpy(self._skip_dropout_prob)))
-
-    @skip_dropout_prob.setter
-    def skip_dropout_prob(self, value):
-        value = check_prob("skip_dropout_prob", value)
-        if self._skip_dropout_prob is None:
-            if value == 0.0:
-                return
-            raise ValueError(
-                "This SearchNetwork was built without skip dropout: pass "
-                "`skip_dropout_prob` > 0 to the constructor. Received: "
-                f"skip_dropout_prob={value}"
-            )
-        self._skip_dropout_prob.assign(value)
 
     # -- structure -------------------------------------------------------------
 
@@ -627,46 +546,6 @@ class SearchNetwork(keras.Model):
             cell_inputs=[inputs.get(k) for k in keys] if inputs else None,
             metadata=metadata,
         )
-
-    # -- saving ---------------------------------------------------------------
-
-    def _named_seed_generators(self):
-        """Weight-file entry -> seed generator, for those built in."""
-        out = {}
-        if self.drop_path_seed is not None:
-            out[SEED_STATE_KEY] = self.drop_path_seed
-        if self.skip_dropout_seed is not None:
-            out[SKIP_SEED_STATE_KEY] = self.skip_dropout_seed
-        return out
-
-    def save_own_variables(self, store):
-        """Keras' own variables, plus the seed-generator states.
-
-        Keras weight files skip `keras.random.SeedGenerator` states; without
-        them a resumed search would draw other drop-path (or skip-dropout)
-        masks than an uninterrupted one. Without either nothing is added.
-        """
-        super().save_own_variables(store)
-        for key, generator in self._named_seed_generators().items():
-            store[key] = generator.state
-
-    def load_own_variables(self, store):
-        generators = self._named_seed_generators()
-        if not generators:
-            super().load_own_variables(store)
-            return
-        own = self._trainable_variables + self._non_trainable_variables
-        expected = {str(i) for i in range(len(own))} | set(generators)
-        if set(store.keys()) != expected:
-            raise ValueError(
-                f"The weights hold the entries {sorted(store.keys())}; this "
-                f"SearchNetwork (with seed generators {sorted(generators)}) "
-                f"expects {sorted(expected)}. They come from another network."
-            )
-        for i, v in enumerate(own):
-            v.assign(store[str(i)])
-        for key, generator in generators.items():
-            generator.state.assign(store[key])
 
     def get_config(self):
         """The constructor arguments.
