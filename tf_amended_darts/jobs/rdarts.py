@@ -304,6 +304,7 @@ def run(config, baselines, strategy, extras):
     d = config.model_dir
     os.makedirs(d, exist_ok=True)
     state = _State.load(d, config.weight_decay)
+    state.save(d)
     if state.pending_rollback is not None:
         _rollback(d, state.pending_rollback)
         state.pending_rollback = None
