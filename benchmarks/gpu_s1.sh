@@ -20,6 +20,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
   > "$out_dir/gpu.txt" 2>&1 || echo "no nvidia-smi" > "$out_dir/gpu.txt"
 python -c "import tensorflow as tf; print(tf.__version__, \
   tf.config.list_physical_devices('GPU'))" >> "$out_dir/gpu.txt" 2>&1
+# A CPU-only TensorFlow (pip install -e ".[cpu]") sees no GPU: stop here
+# with one line instead of silently benchmarking the CPU.
+TF_CPP_MIN_LOG_LEVEL=3 python launchers/bench.py --require_gpus=1 --runs= \
+  --batch_sizes=1 \
+  2> "$out_dir/require_gpus.err" > /dev/null || {
+  grep "^error:" "$out_dir/require_gpus.err" >&2
+  exit 1
+}
 
 # name | runs | extra flags | expected seconds (trace + first step + steps)
 CONFIGS=(

@@ -104,6 +104,10 @@ def define_flags(fv=flags.FLAGS):
                          "pairs: CIFAR-10's search split is 25000 "
                          "(steps = pairs // batch, the last partial batch "
                          "dropped as the search does).", flag_values=fv)
+    flags.DEFINE_integer("require_gpus", 0, "Stop at once, with one line "
+                         "naming what TensorFlow sees, unless at least this "
+                         "many GPUs are visible (benchmarks/gpu_s1.sh: 1).",
+                         flag_values=fv)
     flags.DEFINE_string("single", None, "Internal: run one estimator:hvp "
                         "and print JSON.", flag_values=fv)
 
@@ -314,6 +318,13 @@ def run_one(run, batch, fv):
 
 def main(argv, fv=flags.FLAGS):
     del argv
+    if fv.require_gpus and not fv.single:
+        from tf_amended_darts.core import distribute
+
+        try:
+            distribute.require_gpus(fv.require_gpus, "--require_gpus")
+        except ValueError as error:
+            sys.exit(f"error: {error}")
     layers, channels, size, _ = PRESETS[fv.preset]
     sizes = batch_sizes(fv)
     if fv.single:

@@ -17,7 +17,14 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import (
+    REPO_ROOT,
+    RETRAIN_TINY,
+    SEARCH_TINY,
+    flags_with,
+    run_retrain_launcher,
+    search_flag_values,
+)
 from tf_amended_darts.core import custom_loop, distribute, engine, replicas
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
 from tf_amended_darts.jobs import search_config
@@ -235,51 +242,21 @@ def test_one_and_two_replicas_give_the_same_search():
 # --------------------------------------------------------------------------
 # Launchers under --strategy=mirrored (two logical CPUs).
 
-SEARCH_TINY = [
-    "--dataset=digits",
-    "--image_size=8",
-    "--space=s3",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=8",
-    "--epochs=1",
-    "--steps_per_epoch=2",
-    "--verbose=0",
-    "--arch_lr=0.01",
-    "--arch_grad=first_order",
-    "--strategy=mirrored",
-]
-RETRAIN_TINY = [
-    "--genotype=DARTS_V2",
-    "--dataset=digits",
-    "--image_size=16",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=16",
-    "--epochs=1",
-    "--steps_per_epoch=2",
-    "--noauxiliary",
-    "--cutout=4",
-    "--drop_path_prob=0.2",
-    "--verbose=0",
-    "--strategy=mirrored",
-]
+SEARCH_MIRRORED = flags_with(
+    SEARCH_TINY, arch_grad="first_order", strategy="mirrored"
+)
+RETRAIN_MIRRORED = flags_with(RETRAIN_TINY, epochs=1, strategy="mirrored")
 
 
 def launcher_worker(search_dir, retrain_dir):
     """Runs both launchers with --strategy=mirrored (subprocess)."""
-    from launchers import retrain as retrain_launcher
     from launchers import search as search_launcher
-    from tf_amended_darts.jobs import retrain_config
 
-    fv = flags.FlagValues()
-    search_config.define_flags(fv)
-    fv(["search"] + SEARCH_TINY + [f"--model_dir={search_dir}"])
+    fv = search_flag_values(SEARCH_MIRRORED + [f"--model_dir={search_dir}"])
     genotype = search_launcher.run_search(fv)
-    fv = flags.FlagValues()
-    retrain_config.define_flags(fv)
-    fv(["retrain"] + RETRAIN_TINY + [f"--model_dir={retrain_dir}"])
-    result = retrain_launcher.main(["retrain"], fv)
+    result = run_retrain_launcher(
+        RETRAIN_MIRRORED + [f"--model_dir={retrain_dir}"]
+    )
     replicas = distribute.make_strategy("mirrored").num_replicas_in_sync
     out = {"normal": len(genotype.normal), "result": result, "r": replicas}
     print(RESULT + json.dumps(out), flush=True)

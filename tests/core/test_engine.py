@@ -179,6 +179,35 @@ def test_cosine_schedule_is_stepped_per_epoch():
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
 
 
+def test_learning_rate_in_float64_is_exact():
+    # Keras keeps a constant learning rate in a float32 variable: read in
+    # float64 it is 0.02500000037, which put DARTS' virtual step 3e-9 off
+    # in float64 searches (issue 13). In the compute dtype it is exact.
+    opt = TorchSGD(0.025)
+    assert float(tf.cast(opt.current_learning_rate(), tf.float64)) != 0.025
+    lr = opt.current_learning_rate("float64")
+    assert lr.dtype == tf.float64 and float(lr) == 0.025
+    opt.learning_rate = 0.5  # a changed value is read from the variable
+    assert float(opt.current_learning_rate("float64")) == 0.5
+    sched = EpochCosineDecay(0.025, 0.001, epochs=4, steps_per_epoch=10)
+    opt = TorchSGD(sched)
+    opt.iterations.assign(25)  # epoch 2
+    lr = opt.current_learning_rate("float64")
+    expected = 0.001 + 0.024 * (1 + np.cos(np.pi * 2 / 4)) / 2
+    assert lr.dtype == tf.float64
+    assert abs(float(lr) - expected) <= 1e-17
+
+
+def test_virtual_step_of_a_float64_search_reads_exact_xi():
+    net = TinyNet(dtype="float64")
+    net.build((None, 4))
+    search = engine.BilevelSearch(net, arch_grad="second_order")
+    search.compile(weight_optimizer=TorchSGD(0.025), arch_optimizer=TorchAdam())
+    step = search.virtual_step()
+    assert step.learning_rate.dtype == tf.float64
+    assert float(step.learning_rate) == 0.025
+
+
 def test_model_without_arch_variables_is_rejected():
     net = TinyNet(with_arch=False)
     net.build((None, 4))

@@ -5,8 +5,8 @@ stay float32, batch norm keeps float32 statistics, logits are float32,
 mixed_float16 trains through a `LossScaleOptimizer` that clips after
 unscaling, and checkpoints / the SavedModel work under each policy. Tiny
 networks (3 cells, C = 4, 16x16 digits, 2 steps per epoch); float32 is
-covered by tests/test_retrain.py and tests/test_export.py, and bfloat16
-differs from float16 only by its missing loss scaling, so only the
+covered by tests/jobs/test_retrain.py and tests/jobs/test_export.py, and
+bfloat16 differs from float16 only by its missing loss scaling, so only the
 mixed_float16 launcher run is in the default suite (~15-30 s).
 """
 
@@ -16,9 +16,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import (
+    REPO_ROOT,
+    RETRAIN_TINY,
+    flags_with,
+    h5_datasets,
+    retrain_flag_values,
+    run_retrain_launcher,
+)
 from tf_amended_darts.core import replicas
 from tf_amended_darts.core.optimizers import TorchSGD
 from tf_amended_darts.jobs import export, retrain, retrain_config, retrainer
@@ -28,38 +34,20 @@ from tf_amended_darts.vision import network
 MIXED = ("mixed_float16", "mixed_bfloat16")
 LOW = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 STEPS = 2  # training steps per epoch
-TINY = [
-    "--genotype=DARTS_V2",
-    "--dataset=digits",
-    "--image_size=16",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=8",
-    "--epochs=2",
-    f"--steps_per_epoch={STEPS}",
-    "--noauxiliary",
-    "--cutout=4",
-    "--drop_path_prob=0.2",
-    "--deterministic",
-    "--notensorboard",
-    "--verbose=0",
-]
+TINY = flags_with(
+    RETRAIN_TINY,
+    batch_size=8,
+    steps_per_epoch=STEPS,
+    deterministic=True,
+    tensorboard=False,
+)
 
 
 pytestmark = pytest.mark.usefixtures("restore_global_tf_state")
 
 
-def _flag_values(args):
-    fv = flags.FlagValues()
-    retrain_config.define_flags(fv)
-    fv(["retrain"] + list(args))
-    return fv
-
-
-def _run(args):
-    from launchers import retrain as launcher
-
-    return launcher.main(["retrain"], _flag_values(args))
+_flag_values = retrain_flag_values
+_run = run_retrain_launcher
 
 
 # --------------------------------------------------------------------------
@@ -262,19 +250,7 @@ def test_retrain_resume_and_export_under_each_policy(
 def test_mixed_float16_resume_equals_an_uninterrupted_run(
     tmp_path, monkeypatch
 ):
-    import h5py
-
-    def weights(path):
-        out = {}
-        with h5py.File(path, "r") as f:
-            f.visititems(
-                lambda name, obj: (
-                    out.__setitem__(name, obj[()])
-                    if isinstance(obj, h5py.Dataset)
-                    else None
-                )
-            )
-        return out
+    weights = h5_datasets
 
     args = TINY + ["--dtype_policy=mixed_float16"]
     straight = str(tmp_path / "straight")

@@ -21,22 +21,11 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, RETRAIN_TINY, SEARCH_TINY, flags_with
 
 ROOT = REPO_ROOT
 TIMEOUT_S = 420
-TINY = [
-    "--dataset=digits",
-    "--image_size=8",
-    "--space=s3",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=8",
-    "--epochs=1",
-    "--steps_per_epoch=2",
-    "--verbose=0",
-    "--arch_lr=0.01",
-]
+TINY = list(SEARCH_TINY)
 WORKER = """
 import json, os, sys
 import numpy as np
@@ -76,20 +65,9 @@ result = launcher.main(["retrain"], fv)
 with open(sys.argv[2], "w") as f:
     json.dump(result, f)
 """
-RETRAIN_TINY = [
-    "--genotype=DARTS_V2",
-    "--dataset=digits",
-    "--image_size=16",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=16",
-    "--epochs=2",
-    "--steps_per_epoch=2",
-    "--noauxiliary",
-    "--drop_path_prob=0.2",
-    "--verbose=0",
-    "--strategy=multi_worker",
-]
+RETRAIN_MULTI_WORKER = flags_with(
+    RETRAIN_TINY, cutout=None, strategy="multi_worker"
+)
 
 
 def _free_ports(n):
@@ -214,7 +192,7 @@ def test_two_workers_search_as_one_process(tmp_path):
 
 def test_two_workers_retrain_alike(tmp_path):
     model_dir = tmp_path / "retrain"
-    flags = RETRAIN_TINY + [f"--model_dir={model_dir}"]
+    flags = RETRAIN_MULTI_WORKER + [f"--model_dir={model_dir}"]
     procs, outputs = _start_workers(
         tmp_path, flags, script=RETRAIN_WORKER, suffix="json"
     )

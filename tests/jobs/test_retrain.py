@@ -9,61 +9,33 @@ import json
 import os
 import shutil
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import (
+    REPO_ROOT,
+    RETRAIN_TINY,
+    flags_with,
+    h5_datasets,
+    retrain_flag_values,
+    run_retrain_launcher,
+)
 from tf_amended_darts.jobs import retrain, retrain_config, retrainer
 from tf_amended_darts.vision import data, network
 from tf_amended_darts.vision import genotype as G
 
-TINY = [
-    "--genotype=DARTS_V2",
-    "--dataset=digits",
-    "--image_size=16",
-    "--layers=3",
-    "--init_channels=4",
-    "--batch_size=16",
-    "--epochs=2",
-    "--steps_per_epoch=3",
-    "--noauxiliary",
-    "--cutout=4",
-    "--drop_path_prob=0.2",
-    "--deterministic",
-    "--verbose=0",
-]
+TINY = flags_with(RETRAIN_TINY, steps_per_epoch=3, deterministic=True)
 
 
 pytestmark = pytest.mark.usefixtures("restore_global_tf_state")
 
 
-def _flag_values(args):
-    fv = flags.FlagValues()
-    retrain_config.define_flags(fv)
-    fv(["retrain"] + list(args))
-    return fv
+_flag_values = retrain_flag_values
+_run = run_retrain_launcher
 
 
-def _run(args):
-    from launchers import retrain as launcher
-
-    return launcher.main(["retrain"], _flag_values(args))
-
-
-def _weights(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: (
-                out.__setitem__(name, obj[()])
-                if isinstance(obj, h5py.Dataset)
-                else None
-            )
-        )
-    return out
+_weights = h5_datasets
 
 
 def _rows(model_dir):

@@ -1,33 +1,33 @@
 """`--consistency` and its flags in the search launcher (paper 2.4, B.1).
 
 The supernet-level behaviour (auxiliary head, drop-path masks) is tested in
-tests/test_consistency.py; here: flag resolution, the flagfiles, and a run
-that carries the regularisers into the bi-level engine.
+tests/vision/test_consistency.py; here: flag resolution, the flagfiles, and
+a run that carries the regularisers into the bi-level engine.
 """
 
 import json
 
 import numpy as np
 import pytest
-from absl import flags
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import (
+    REPO_ROOT,
+    SEARCH_TINY,
+    flags_with,
+    search_config_of,
+)
 from tf_amended_darts.jobs import search, search_config
 from tf_amended_darts.vision import genotype as G
 
 ROOT = REPO_ROOT
-TINY = [
-    "--dataset=digits", "--space=s3", "--layers=3", "--init_channels=4",
-    "--batch_size=8", "--epochs=2", "--steps_per_epoch=2", "--verbose=0",
-    "--arch_lr=0.01", "--arch_grad=first_order", "--notensorboard",
-]
-
-
-def _config(args):
-    fv = flags.FlagValues()
-    search_config.define_flags(fv)
-    fv(["search"] + args)
-    return search_config.from_flags(fv)
+TINY = flags_with(
+    SEARCH_TINY,
+    image_size=None,
+    epochs=2,
+    arch_grad="first_order",
+    tensorboard=False,
+)
+_config = search_config_of
 
 
 def test_consistency_brings_the_retraining_values(tmp_path):

@@ -6,23 +6,12 @@ benchmarks/precision.md): mixed_bfloat16 with first_order only.
 
 import numpy as np
 import pytest
-from absl import flags
 
-from tf_amended_darts.jobs import search, search_config
+from tests.helpers import SEARCH_TINY, flags_with, search_config_of
+from tf_amended_darts.jobs import search
 
-TINY = [
-    "--dataset=digits", "--image_size=8", "--space=s3", "--layers=3",
-    "--init_channels=4", "--batch_size=8", "--epochs=1",
-    "--steps_per_epoch=2", "--verbose=0", "--arch_lr=0.01",
-    "--notensorboard",
-]
-
-
-def _config(args):
-    fv = flags.FlagValues()
-    search_config.define_flags(fv)
-    fv(["search"] + args)
-    return search_config.from_flags(fv)
+TINY = flags_with(SEARCH_TINY, tensorboard=False)
+_config = search_config_of
 
 
 @pytest.mark.parametrize("args,match", [

@@ -65,6 +65,45 @@ def test_rerun_of_a_finished_search_resumes_and_trains_no_more(tmp_path):
         == mtime
 
 
+@pytest.mark.slow  # tracing the fidelity's products: minutes on 2 cores
+def test_stop_when_stable_and_indicator_columns(tmp_path):
+    import csv
+
+    from tf_amended_darts.jobs import stopping
+
+    d = tmp_path / "run"
+    args = TINY + [f"--model_dir={d}", "--arch_grad=first_order",
+                   "--epochs=4", "--stop_when_stable=1",
+                   "--fidelity_every=2", "--fidelity_cg_iterations=3",
+                   "--notensorboard"]
+    genotype = _run(args)
+    meta = genotype.metadata
+    with open(d / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert meta["epochs_run"] == len(rows) <= 4
+    if meta["stopped_when_stable"]:  # stopped exactly 1 epoch after
+        assert meta["epochs_run"] == meta["stable_since_epoch"] + 1
+    else:
+        assert meta["epochs_run"] == 4
+    last = rows[-1]
+    assert float(last["genotype_stable_since"]) == meta["stable_since_epoch"]
+    for row in rows:
+        assert 0 <= float(row["skip_connections_normal"]) <= 8
+        assert 1 / 3 <= float(row["mean_max_weight"]) <= 1
+        keys = ("fidelity_cosine_second_order", "fidelity_cosine_amended",
+                "cg_residual", "cg_damping")
+        if int(row["epoch"]) % 2:
+            assert all(row[k] == "" for k in keys)
+        else:
+            assert -1 <= float(row["fidelity_cosine_amended"]) <= 1
+            assert float(row["cg_residual"]) >= 0
+    state = json.loads((d / stopping.STATE_FILE).read_text())
+    assert len(state["fingerprints"]) == meta["epochs_run"]
+    # Rerun: resumes, trains no more, same stop decision.
+    again = _run(args)
+    assert again == genotype and again.metadata == meta
+
+
 def test_searched_edges_run_both_stages(tmp_path):
     d = tmp_path / "run"
     genotype = _run(TINY + [f"--model_dir={d}", "--edges=searched",
@@ -90,6 +129,10 @@ def test_searched_edges_run_both_stages(tmp_path):
     (["--init_channels=5"], "--init_channels"),
     (["--operators=conv_9x9"], "--operators"),
     (["--batch_size=0"], "--batch_size"),
+    (["--stop_when_stable=-1"], "--stop_when_stable"),
+    (["--fidelity_every=-2"], "--fidelity_every"),
+    (["--fidelity_cg_iterations=0"], "--fidelity_cg_iterations"),
+    (["--fidelity_damping=-1"], "--fidelity_damping"),
 ])
 def test_bad_flags_are_named(tmp_path, args, match):
     fv = _flag_values(TINY + [f"--model_dir={tmp_path}"] + args)
@@ -124,7 +167,7 @@ SEARCH_FLAGFILES = sorted(
     f for f in os.listdir(os.path.join(REPO_ROOT,
                                        "flags"))
     if f.endswith(".cfg")
-    and not f.startswith(("retrain", "base", "random_search")))
+    and not f.startswith(("retrain", "base", "random_search", "study")))
 
 
 @pytest.mark.parametrize("name", SEARCH_FLAGFILES)

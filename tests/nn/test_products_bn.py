@@ -1,8 +1,8 @@
-"""Batch norm's hand-written derivatives (`layers.normalize_batch`).
+"""Batch norm's hand-written derivatives (`normalize_batch`).
 
 The oracle is TensorFlow's autodiff of the plain formula
 ``(x - mean) * rsqrt(mean((x - mean)^2) + eps)`` (itself checked against
-float64 finite differences in tests/test_layers.py), in float64 inside
+float64 finite differences in tests/nn/test_layers.py), in float64 inside
 `tf.function`: the amended step's ``H v`` and ``D H v`` through one batch
 norm, and a third derivative, must agree to rounding. The derivatives are
 recorded on the tapes, never registered: tracing must leave TensorFlow's

@@ -37,7 +37,7 @@ def _row_hashes(images):
 
 
 def test_dataset_info():
-    assert data.DATASETS == ("digits", "cifar10", "imagenet")
+    assert data.DATASETS == ("digits", "cifar10", "imagenet", "fashion_mnist")
     cifar = data.dataset_info("cifar10")
     assert (cifar.num_classes, cifar.image_size, cifar.channels) == (10, 32, 3)
     assert (cifar.num_train, cifar.num_test) == (50_000, 10_000)
@@ -374,7 +374,7 @@ def test_imagenet_download_needs_manual_dir(tmp_path):
 
 
 def test_imagenet_not_in_memory():
-    with pytest.raises(ValueError, match="digits or cifar10"):
+    with pytest.raises(ValueError, match="digits, cifar10, fashion_mnist"):
         data.load_arrays("imagenet")
 
 
@@ -397,3 +397,121 @@ def test_imagenet_mock_pipelines(tmp_path):
         (x_tr, _), (x_val, _) = next(iter(pairs))
         assert x_tr.shape == x_val.shape == (2, 32, 32, 3)
         assert steps >= 1 and info.num_classes == 1000
+
+
+# --- Fashion-MNIST from small idx files ------------------------------------
+
+
+def _fashion_files(folder, n_train=40, n_test=12):
+    """Writes the four idx files of a small Fashion-MNIST; its arrays."""
+    from tf_amended_darts.vision import fashion_mnist as fm
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train": (
+            rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+            (np.arange(n_train) % 10).astype(np.uint8),
+        ),
+        "test": (
+            rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+            (np.arange(n_test) % 10).astype(np.uint8),
+        ),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in arrays.items():
+        image_file, label_file = fm.FILES[split]
+        fm.write_idx(str(folder / image_file), images)
+        fm.write_idx(str(folder / label_file), labels)
+    return arrays
+
+
+def test_fashion_mnist_info():
+    info = data.dataset_info("fashion_mnist")
+    assert (info.num_classes, info.image_size, info.channels) == (10, 28, 3)
+    assert (info.num_train, info.num_test) == (60_000, 10_000)
+    assert info.flip
+    np.testing.assert_allclose(info.mean, (0.2860,) * 3, atol=1e-4)
+    np.testing.assert_allclose(info.std, (0.3530,) * 3, atol=1e-4)
+
+
+def test_fashion_mnist_idx_files(tmp_path):
+    folder = tmp_path / "fm"
+    arrays = _fashion_files(folder)
+    for split in ("train", "test"):
+        x, y = data.load_arrays("fashion_mnist", split, data_dir=str(folder))
+        images, labels = arrays[split]
+        assert x.dtype == np.uint8 and x.shape == (len(labels), 28, 28, 3)
+        for c in range(3):
+            np.testing.assert_array_equal(x[..., c], images)
+        np.testing.assert_array_equal(y, labels.astype(np.int32))
+    small, _ = data.load_arrays(
+        "fashion_mnist", "train", data_dir=str(folder), image_size=14
+    )
+    assert small.shape == (40, 14, 14, 3)
+    # a 2x2 mean, up to rounding and the antialiasing filter's edges
+    means = arrays["train"][0].reshape(40, 14, 2, 14, 2).mean(axis=(2, 4))
+    inner = np.abs(small[:, 2:-2, 2:-2, 0] - means[:, 2:-2, 2:-2])
+    assert np.median(inner) < 40
+
+
+def test_fashion_mnist_search_pipeline(tmp_path):
+    folder = tmp_path / "fm"
+    _fashion_files(folder)
+    pairs, steps, info = data.search_datasets(
+        "fashion_mnist", 8, data_dir=str(folder), image_size=16
+    )
+    assert steps == 2 and info.num_search_train == 20
+    (x_t, y_t), (x_v, y_v) = next(iter(pairs))
+    assert x_t.shape == (8, 16, 16, 3) and x_v.shape == (8, 16, 16, 3)
+    assert y_t.dtype == tf.int32
+    test = data.eval_dataset("fashion_mnist", 5, data_dir=str(folder))
+    assert sum(len(y) for _, y in test) == 12
+
+
+def test_fashion_mnist_missing_fails_fast(tmp_path):
+    empty = str(tmp_path / "none")
+    for build in (data.search_datasets, data.train_dataset, data.eval_dataset):
+        with pytest.raises(data.DatasetNotFoundError) as err:
+            build("fashion_mnist", 8, data_dir=empty)
+        message = str(err.value)
+        assert f"--data_dir={empty}" in message
+        assert "apt-get install dataset-fashion-mnist" in message
+        assert "--dataset=digits" in message
+        assert "train-images-idx3-ubyte.gz" in message
+        assert "\n" not in message
+
+
+def test_idx_reader_errors(tmp_path):
+    from tf_amended_darts.vision import fashion_mnist as fm
+
+    bad = tmp_path / "bad.gz"
+    fm.write_idx(str(bad), np.zeros((2, 3), np.uint8))
+    raw = tmp_path / "short"
+    raw.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]))
+    with pytest.raises(ValueError, match="announces 5"):
+        fm.read_idx(str(raw))
+    raw.write_bytes(bytes([1, 2, 8, 1]))
+    with pytest.raises(ValueError, match="magic"):
+        fm.read_idx(str(raw))
+    raw.write_bytes(bytes([0, 0, 0x0D, 1, 0, 0, 0, 1, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="0x0d"):
+        fm.read_idx(str(raw))
+    np.testing.assert_array_equal(fm.read_idx(str(bad)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="uint8"):
+        fm.write_idx(str(bad), np.zeros(3))
+
+
+@pytest.mark.skipif(
+    not os.path.exists(
+        "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+    ),
+    reason="dataset-fashion-mnist is not installed",
+)
+def test_installed_fashion_mnist_matches_the_constants():
+    x, y = data.load_arrays("fashion_mnist", "train")
+    assert x.shape == (60_000, 28, 28, 3)
+    assert np.bincount(y).tolist() == [6000] * 10
+    grey = x[..., 0].astype(np.float64) / 255.0
+    info = data.dataset_info("fashion_mnist")
+    assert grey.mean() == pytest.approx(info.mean[0], abs=1e-7)
+    assert grey.std() == pytest.approx(info.std[0], abs=1e-7)

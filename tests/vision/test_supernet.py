@@ -48,6 +48,23 @@ def test_reduction_cells_and_channels():
     assert len(bn_params) == 2
 
 
+def test_classifier_is_initialised_as_torch_linear():
+    # DARTS model_search.py: nn.Linear(C_prev, num_classes), uniform in
+    # +-1/sqrt(fan_in) for kernel and bias (issue 13: it was Keras' Dense
+    # with Glorot kernel and zero bias, unlike every other layer).
+    keras.utils.set_random_seed(0)
+    net = _net(layers=3, init_channels=16)
+    kernel, bias = net.classifier.kernel.numpy(), net.classifier.bias.numpy()
+    fan_in = kernel.shape[0]
+    bound = 1.0 / np.sqrt(fan_in)
+    assert fan_in == 4 * 64  # 4 nodes x C = 64 after two reductions
+    for w in (kernel, bias):
+        assert np.abs(w).max() <= bound
+        # spread over the whole interval (a uniform sample, not zeros)
+        assert np.abs(w).max() > 0.8 * bound
+        assert abs(w.std() - bound / np.sqrt(3)) < 0.25 * bound / np.sqrt(3)
+
+
 def test_genotype_follows_the_weights():
     net = _net()
     w = np.full((14, 8), -5.0)

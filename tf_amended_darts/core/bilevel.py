@@ -143,7 +143,7 @@ def amended_product_exact(loss_fn: LossFn, w, a, v, reduce_mean=_identity):
     (``MaxPoolGradWithArgmax``) that its JVPs need. The step's memory is
     the live set of the double-backward passes (all activations and
     first-backward tensors) plus the graph, ~20 KB per node, which batch
-    norm's hand-written derivatives (`layers.normalize_batch`) shrank.
+    norm's hand-written derivatives (`normalize_batch`) shrank.
     """
     with tf.GradientTape(persistent=True) as outer:
         outer.watch(w)

@@ -155,6 +155,39 @@ def parse_tf_config(environ=None):
     return config
 
 
+def require_gpus(num_gpus, flag="--num_gpus"):
+    """The visible logical GPUs, or a ValueError if fewer than asked for.
+
+    The message names the flag, the GPUs TensorFlow sees, and the likely
+    cause: a CPU-only TensorFlow build (``pip install -e ".[cpu]"``, the
+    default) cannot see any GPU; ``pip install -e ".[gpu]"`` installs the
+    CUDA build (setup.py).
+
+    Args:
+        num_gpus: how many GPUs the run needs.
+        flag: the flag named in the message.
+
+    Returns:
+        The list of visible logical GPU devices.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if num_gpus > len(gpus):
+        cuda = tf.test.is_built_with_cuda()
+        build = (
+            "TensorFlow is built with CUDA; check CUDA_VISIBLE_DEVICES and "
+            "the driver (nvidia-smi)"
+            if cuda
+            else 'this TensorFlow is a CPU-only build: install the CUDA '
+            'build with pip install -e ".[gpu]"'
+        )
+        raise ValueError(
+            f"Invalid {flag}={num_gpus}: {len(gpus)} GPU(s) visible to "
+            f"TensorFlow {tf.__version__} ({build}). Accepted values: 0 to "
+            f"{len(gpus)}."
+        )
+    return gpus
+
+
 def make_strategy(name="default", num_gpus=0):
     """Builds the `tf.distribute.Strategy` of ``--strategy``.
 
@@ -185,12 +218,7 @@ def make_strategy(name="default", num_gpus=0):
         return _STRATEGIES[name]
     if name == "default" and not num_gpus:
         return tf.distribute.get_strategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if num_gpus > len(gpus):
-        raise ValueError(
-            f"Invalid --num_gpus={num_gpus}: {len(gpus)} GPU(s) visible. "
-            f"Accepted values: 0 to {len(gpus)}."
-        )
+    gpus = require_gpus(num_gpus)
     if name == "default":
         return tf.distribute.get_strategy()
     if gpus:

@@ -25,7 +25,7 @@ evolve identically under every estimator given the same weights.
 Distribution (`distribute.py` builds the strategy; ``train_step`` runs in
 replica context, under ``fit`` or `custom_loop.custom_fit`): an update with
 R replicas equals the one-replica update on the same global batch, for
-every estimator and product mode (tests/test_distribute.py measures it):
+every estimator and product mode (tests/core/test_distribute.py measures it):
 
 * losses are per-replica means over equal per-replica batches (the search
   datasets drop the last partial batch);
@@ -49,7 +49,7 @@ every estimator and product mode (tests/test_distribute.py measures it):
   2 logical CPUs it grew the traced ``first_order`` step from 49k to 77k
   graph nodes (tracing 18 s -> 29 s).
 
-Measured (tests/test_distribute.py, 2 logical CPUs, clipping active): after
+Measured (tests/core/test_distribute.py, 2 logical CPUs, clipping active): after
 three steps every variable and optimiser slot of 1 and 2 replicas agree to
 1e-6 relative for all five estimator / product settings, and the float64
 estimates through synchronized batch norm to 5e-15.
@@ -310,7 +310,9 @@ class BilevelSearch(keras.Model):
         """What DARTS' virtual step reads from the weight optimiser."""
         opt = self.weight_optimizer
         return bilevel.VirtualStep(
-            learning_rate=opt.current_learning_rate(),
+            learning_rate=opt.current_learning_rate(
+                self.weight_variables[0].dtype
+            ),
             momentum=getattr(opt, "momentum", 0.0),
             momentum_buffers=(
                 [opt.momentum_buffer(v) for v in self.weight_variables]

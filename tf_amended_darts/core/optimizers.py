@@ -56,6 +56,11 @@ class TorchSGD(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self._python_learning_rate = (
+            float(learning_rate)
+            if isinstance(learning_rate, (int, float))
+            else None
+        )
         if not 0 <= momentum < 1:
             raise ValueError(
                 f"Expected `momentum` in [0, 1). Received: momentum={momentum}"
@@ -77,9 +82,30 @@ class TorchSGD(keras.optimizers.Optimizer):
         """The PyTorch-unit momentum buffer of `variable` (zeros at first)."""
         return self.momentum_buffers[self._get_variable_index(variable)]
 
-    def current_learning_rate(self):
-        """The learning rate the next `apply` will use."""
-        return self._get_current_learning_rate()
+    def current_learning_rate(self, dtype=None):
+        """The learning rate the next `apply` will use.
+
+        Args:
+            dtype: if given, the value in this dtype, computed in it where
+                possible: Keras keeps a constant learning rate in a float32
+                variable (0.025 reads 0.02500000037 in float64), so a
+                float64 search would take DARTS' virtual step ``xi`` 3e-9
+                off. A constant given as a Python number is returned exactly
+                as long as the variable still holds it; `EpochCosineDecay`
+                is evaluated in ``dtype``.
+        """
+        if dtype is None:
+            return self._get_current_learning_rate()
+        schedule = self._learning_rate
+        if isinstance(schedule, EpochCosineDecay):
+            return schedule.value(self.iterations, dtype)
+        value = ops.cast(self._get_current_learning_rate(), dtype)
+        if self._python_learning_rate is None:
+            return value
+        exact = ops.convert_to_tensor(self._python_learning_rate, dtype)
+        stored = ops.cast(self._python_learning_rate, self._learning_rate.dtype)
+        unchanged = ops.equal(self._learning_rate, stored)
+        return ops.where(unchanged, exact, value)
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
@@ -219,9 +245,14 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = int(steps_per_epoch)
 
     def __call__(self, step):
+        return self.value(step, "float32")
+
+    def value(self, step, dtype):
+        """The learning rate at ``step``, computed in ``dtype``."""
         epoch = ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch)
-        epoch = ops.cast(epoch, "float32")
-        cosine = 0.5 * (1.0 + ops.cos(math.pi * epoch / self.epochs))
+        epoch = ops.cast(epoch, dtype)
+        half = ops.convert_to_tensor(0.5, dtype)
+        cosine = half * (1.0 + ops.cos(math.pi * epoch / self.epochs))
         span = self.initial_learning_rate - self.final_learning_rate
         return self.final_learning_rate + span * cosine
 

@@ -8,10 +8,18 @@ Run directory (``--model_dir``)::
     checkpoints/                 one atomic checkpoint per epoch
     genotypes/, arch_history.npz, metrics.csv, tensorboard/search/
                                  per-epoch artefacts (callbacks.py)
+    stopping.json                the stop rule's state (jobs/stopping.py)
     stage1/, stage2/             the same, per stage, for --edges=searched
 
 Resuming: rerunning the same command finds the newest checkpoint and goes on
-from the epoch after it; a finished stage is not rerun. Each epoch's data
+from the epoch after it; a finished stage is not rerun.
+
+Search to convergence (``--stop_when_stable=K``, `stopping`): a stage ends
+once its derived genotype has not changed for K epochs (``--epochs`` is
+the upper bound); the count survives a resume, and ``genotype.json``'s
+metadata records ``stable_since_epoch`` and ``epochs_run``. Stability
+indicators and the gradient fidelity (``--fidelity_every``) are logged per
+epoch by `monitors`. Each epoch's data
 pipeline is built from ``(seed, epoch)``, so a resumed run sees the same
 batches as an uninterrupted one.
 
@@ -53,7 +61,7 @@ from tf_amended_darts.core.optimizers import (
     TorchAdam,
     TorchSGD,
 )
-from tf_amended_darts.jobs import callbacks, precision
+from tf_amended_darts.jobs import callbacks, monitors, precision, stopping
 from tf_amended_darts.jobs.stage_extras import StageExtras
 from tf_amended_darts.nn.drop_path import DropPathSchedule
 from tf_amended_darts.vision import data
@@ -255,7 +263,14 @@ def run_stage(
         fit_callbacks.append(
             DropPathSchedule(config.drop_path_prob, config.epochs)
         )
-    # Before SearchArtifacts: values they add to the logs reach its files.
+    # Stop rule and stability indicators (--stop_when_stable,
+    # --fidelity_every): logged through the logs, before SearchArtifacts.
+    stopper = stopping.for_stage(config.stop_when_stable, stage_dir, start)
+    fit_callbacks += monitors.stage_callbacks(
+        config, search, stopper, chief, lambda: next(iter(_data(config, 0)[0]))
+    )
+    # Baseline callbacks (R-DARTS eigenvalue, P-DARTS skip dropout), also
+    # before SearchArtifacts: values they add to the logs reach its files.
     fit_callbacks += extras.callbacks(search, stage_dir, start, steps)
     artifacts = None
     if chief:
@@ -268,6 +283,8 @@ def run_stage(
         fit_callbacks.append(artifacts)
     multi_worker = distribute.is_multi_worker(strategy)
     for epoch in range(start, config.epochs):
+        if stopper.should_stop:
+            break
         pairs, _, _ = _data(config, epoch)
         fit_args = dict(
             initial_epoch=epoch,
@@ -292,6 +309,7 @@ def run_stage(
             "space": config.space,
             "edges": config.edges,
             "stage": stage,
+            **stopper.metadata(),
             **extras.metadata,
         }
     )

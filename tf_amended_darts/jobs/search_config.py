@@ -21,7 +21,7 @@ import json
 
 from absl import flags
 
-from tf_amended_darts.core import bilevel, distribute, hparams
+from tf_amended_darts.core import bilevel, distribute, fidelity, hparams
 from tf_amended_darts.jobs import precision
 from tf_amended_darts.jobs import retrain_config as R
 from tf_amended_darts.nn.drop_path import DROP_PATH_PROB
@@ -67,7 +67,13 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_string(
         "dataset", "cifar10", f"One of {', '.join(data.DATASETS)}.", **d
     )
-    flags.DEFINE_string("data_dir", None, "TFDS data directory.", **d)
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "TFDS data directory; for fashion_mnist the folder of its idx "
+        "files (default: vision/fashion_mnist.DEFAULT_DIR).",
+        **d,
+    )
     flags.DEFINE_integer("image_size", 0, "Image side; 0: the dataset's.", **d)
     flags.DEFINE_float(
         "train_portion",
@@ -214,6 +220,36 @@ def define_flags(fv=flags.FLAGS):
         "--arch_grad=first_order only (README, Mixed precision).",
         **d,
     )
+    flags.DEFINE_integer(
+        "stop_when_stable",
+        0,
+        "End a search (each stage) once the derived genotype has not "
+        "changed for this many epochs (--epochs is the upper bound); 0: "
+        "run all --epochs (jobs/stopping.py).",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "fidelity_every",
+        0,
+        "Every this many epochs, log the cosines of the second_order and "
+        "amended second-order terms with the true g2 = -D H^-1 v (CG) on a "
+        "fixed batch pair; 0: off (jobs/monitors.py).",
+        **d,
+    )
+    flags.DEFINE_integer(
+        "fidelity_cg_iterations",
+        fidelity.CG_ITERATIONS,
+        "Conjugate-gradient iterations at most for the fidelity's H^-1 v.",
+        **d,
+    )
+    flags.DEFINE_float(
+        "fidelity_damping",
+        0.0,
+        "Least damping lambda of the fidelity's solve of (H + lambda I) x "
+        "= v; raised where CG meets non-positive curvature (logged as "
+        "cg_damping).",
+        **d,
+    )
     flags.DEFINE_bool(
         "grappler",
         False,
@@ -270,6 +306,10 @@ class SearchConfig:
     dtype_policy: str = "float32"
     strategy: str = "default"
     num_gpus: int = 0
+    stop_when_stable: int = 0
+    fidelity_every: int = 0
+    fidelity_cg_iterations: int = fidelity.CG_ITERATIONS
+    fidelity_damping: float = 0.0
 
     def __post_init__(self):
         # Fields left unset (None) take the consistency value with
@@ -331,6 +371,8 @@ def validate(c):
         "image_size",
         "cutout",
         "seed",
+        "stop_when_stable",
+        "fidelity_every",
     ):
         if getattr(c, name) < 0:
             _fail(name, "an integer >= 0 (0: default/off)", getattr(c, name))
@@ -376,6 +418,14 @@ def validate(c):
     for name in ("momentum", "arch_beta1", "arch_beta2"):
         if not 0.0 <= getattr(c, name) < 1.0:
             _fail(name, "a number in [0, 1)", getattr(c, name))
+    if c.fidelity_cg_iterations < 1:
+        _fail(
+            "fidelity_cg_iterations",
+            "an integer >= 1",
+            c.fidelity_cg_iterations,
+        )
+    if not c.fidelity_damping >= 0:
+        _fail("fidelity_damping", "a number >= 0", c.fidelity_damping)
     if c.verbose not in (0, 1, 2):
         _fail("verbose", "0, 1, 2", c.verbose)
     if c.keep_checkpoints < 1:

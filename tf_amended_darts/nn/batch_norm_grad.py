@@ -125,11 +125,12 @@ def normalize_batch(x, axes, epsilon, fused=None):
     them. Why: the bi-level step differentiates every batch norm twice, and
     TensorFlow's generic derivatives of the mean, variance and broadcasts
     made batch norm ~3/4 of the supernet's amended-step graph (363 nodes
-    for the amended product through one batch norm; tests/test_graph_size.py
-    has the count now). The derivatives are recorded on every active tape
-    with ``record_operation``, as eager ``tf.custom_gradient`` does: nothing
-    is registered globally (graph-mode ``tf.custom_gradient`` registers a new
-    gradient function per call, which keeps every traced graph alive).
+    for the amended product through one batch norm;
+    tests/vision/test_graph_size.py has the count now). The derivatives are
+    recorded on every active tape with ``record_operation``, as eager
+    ``tf.custom_gradient`` does: nothing is registered globally (graph-mode
+    ``tf.custom_gradient`` registers a new gradient function per call, which
+    keeps every traced graph alive).
 
     Recorded ops, each with its VJP written from recorded tensors, so that
     derivatives of any order are exact (``G(x, g)`` is the VJP of the
@@ -154,7 +155,7 @@ def normalize_batch(x, axes, epsilon, fused=None):
     benchmarks/s1_cpu.md section 6) or from the formula (float64, which
     the kernels lack). Both run through the same recorded ops; the float64
     oracles check them against autodiff of the plain formula and the fused
-    kernels against the float64 formula (tests/test_products_bn.py). The
+    kernels against the float64 formula (tests/nn/test_products_bn.py). The
     returned statistics are for the moving averages and carry no
     derivatives (`tf.stop_gradient`).
 

@@ -6,7 +6,11 @@
 seeded shuffle into 1437 train / 360 test images, normalised with its train
 statistics. ``cifar10`` (TFDS, decoded once and kept in memory: 150 MB of
 uint8) and ``imagenet`` (TFDS ``imagenet2012``, a manual download, streamed
-as JPEGs) are read from ``data_dir``; absent data raises
+as JPEGs) are read from ``data_dir``; ``fashion_mnist`` (60,000 / 10,000
+28x28 grey images, repeated to 3 channels, resized when ``image_size`` is
+not 28; kept in memory as uint8) is read from its original idx files in
+``data_dir`` (default: where Debian's ``dataset-fashion-mnist`` puts them,
+`fashion_mnist.DEFAULT_DIR`). Absent data raises
 ``DatasetNotFoundError`` at once, saying how to provide it. That check is
 TFDS's own (``as_dataset`` fails before reading; ``is_prepared()`` is False
 under ``tfds.testing.mock_data``); ``download=True`` first checks that the
@@ -46,9 +50,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_amended_darts.nn.validate import check_int
-from tf_amended_darts.vision import augment
+from tf_amended_darts.vision import augment, fashion_mnist
 
-DATASETS = ("digits", "cifar10", "imagenet")
+DATASETS = ("digits", "cifar10", "imagenet", "fashion_mnist")
+# Datasets held in memory as arrays (`load_arrays`).
+IN_MEMORY = ("digits", "cifar10", "fashion_mnist")
 
 # DARTS reference utils.py (_data_transforms_cifar10): CIFAR_MEAN, CIFAR_STD.
 CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
@@ -56,6 +62,11 @@ CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
 # DARTS train_imagenet.py normalize (the torchvision ImageNet statistics).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Mean and standard deviation of the 60,000 Fashion-MNIST training images
+# in [0, 1] (computed from train-images-idx3-ubyte.gz; the same in each of
+# the 3 channels the grey images are repeated to).
+FASHION_MNIST_MEAN = (0.28604060,) * 3
+FASHION_MNIST_STD = (0.35302424,) * 3
 # sklearn.datasets.load_digits: 1797 8x8 images with grey levels 0..16.
 DIGITS_MAX_VALUE = 16.0
 DIGITS_NUM_TRAIN, DIGITS_NUM_TEST = 1437, 360
@@ -75,10 +86,19 @@ _SPECS = {
     "digits": (10, DIGITS_IMAGE_SIZE, DIGITS_NUM_TRAIN, 360, False, None),
     "cifar10": (10, 32, CIFAR10_NUM_TRAIN, CIFAR10_NUM_TEST, True, "cifar10"),
     "imagenet": (1000, 224, IMAGENET_NUM_TRAIN, 50_000, True, "imagenet2012"),
+    "fashion_mnist": (
+        fashion_mnist.NUM_CLASSES,
+        fashion_mnist.IMAGE_SIZE,
+        fashion_mnist.NUM_TRAIN,
+        fashion_mnist.NUM_TEST,
+        True,  # clothes are mirror-symmetric enough (the usual augmentation)
+        None,
+    ),
 }
 _STATS = {
     "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "fashion_mnist": (FASHION_MNIST_MEAN, FASHION_MNIST_STD),
 }
 
 # Where TFDS data lives and whether it may be downloaded/prepared.
@@ -193,6 +213,8 @@ def dataset_info(name, image_size=None):
 def _missing_message(name, data_dir):
     d = data_dir or "<TFDS default: $TFDS_DATA_DIR or ~/tensorflow_datasets>"
     offline = "or pass --dataset=digits for the embedded offline data."
+    if name == "fashion_mnist":
+        return fashion_mnist.missing_message(data_dir, offline)
     if name == "cifar10":
         return (
             f"CIFAR-10 not found in --data_dir={d}. Download it on a machine "
@@ -250,27 +272,34 @@ def load_arrays(
     """Loads a whole in-memory dataset split as numpy arrays (the cache).
 
     Args:
-        name: ``"digits"`` or ``"cifar10"`` (ImageNet does not fit).
+        name: ``"digits"``, ``"cifar10"`` or ``"fashion_mnist"`` (ImageNet
+            does not fit).
         split: ``"train"`` or ``"test"``.
-        data_dir: TFDS data directory (CIFAR-10 only).
+        data_dir: TFDS data directory (CIFAR-10), or the folder of the
+            Fashion-MNIST idx files (None: `fashion_mnist.DEFAULT_DIR`).
         image_size: Resize to this side (default: the dataset's own).
         download: Let TFDS download CIFAR-10 if absent.
 
     Returns:
         ``(images, labels)``: un-augmented, un-normalised ``[N, S, S, 3]``
-        images (float32 in [0, 1] for digits, uint8 for CIFAR-10) and int32
-        labels.
+        images (float32 in [0, 1] for digits, uint8 for CIFAR-10 and
+        Fashion-MNIST) and int32 labels.
 
     Raises:
-        DatasetNotFoundError: CIFAR-10 is absent from ``data_dir``.
+        DatasetNotFoundError: CIFAR-10 or Fashion-MNIST is absent from
+            ``data_dir``.
     """
     info = dataset_info(name, image_size)
     _check_split(split)
     if name == "digits":
         arrays = _digits(info.image_size)
         return arrays[:2] if split == "train" else arrays[2:]
+    if name == "fashion_mnist":
+        return _fashion_mnist(data_dir, split, info.image_size)
     if name != "cifar10":
-        raise ValueError(f"load_arrays takes digits or cifar10, not {name}")
+        raise ValueError(
+            f"load_arrays takes {', '.join(IN_MEMORY)}, not {name}"
+        )
     where = _Where(data_dir, download, None)
     ds = _as_dataset(_builder(name, where), name, where, split)
     images, labels = [], []
@@ -283,6 +312,14 @@ def load_arrays(
     if not images:
         raise DatasetNotFoundError(_missing_message(name, data_dir))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _fashion_mnist(data_dir, split, image_size):
+    try:
+        return fashion_mnist.arrays(data_dir, split, image_size)
+    except FileNotFoundError as err:
+        message = _missing_message("fashion_mnist", data_dir)
+        raise DatasetNotFoundError(message) from err
 
 
 def _seeds(seed, num):
@@ -420,7 +457,8 @@ def search_datasets(
         batch_size: Batch size of each half (DARTS: 64; the paper: 96).
         train_portion: Fraction in (0, 1) of the training set used for
             search-train; the rest is search-validation.
-        data_dir: TFDS data directory (``cifar10``, ``imagenet``).
+        data_dir: TFDS data directory (``cifar10``, ``imagenet``), or
+            the folder of the Fashion-MNIST idx files.
         seed: Seed of the split permutation, shuffles and augmentation.
         cutout: Cutout length in pixels (0: none), applied to both halves.
         image_size: Image side (default: the dataset's own).

@@ -1,8 +1,11 @@
 """Indicators of a CNN search's state, read from its architecture weights
 and derived genotype: the curves of the paper's Figure 1 (weight of
 ``none``, share of ``skip_connect`` and number of parametric operators in
-the derived normal cell, the signs of the collapse of DARTS), and the
-labels of the weight matrices' rows.
+the derived normal cell, the signs of the collapse of DARTS), the
+stability indicators of a search run to convergence (the number of
+skip-connections in the derived normal cell, and how decided the
+architecture is: the mean of the largest operator weight per edge), and
+the labels of the weight matrices' rows.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ SKIP_OP = "skip_connect"
 # Operators with weights in the DARTS space (separable, dilated convs).
 PARAMETRIC_PREFIXES = ("sep_conv", "dil_conv")
 FIGURE1_KEYS = ("none_weight_avg", "skip_share", "parametric_ops_normal")
+# Stability indicators (metrics.csv columns, TensorBoard scalars).
+SKIP_KEY = "skip_connections_normal"
+DECIDED_KEY = "mean_max_weight"
 
 
 def edge_labels(node_inputs) -> list[str]:
@@ -121,3 +127,45 @@ def figure1_stats(arch_weights, genotype, operators) -> dict:
     stats["skip_share"] = sum(op == SKIP_OP for op in kept) / len(kept)
     stats["parametric_ops_normal"] = sum(map(_is_parametric, kept)) / len(cells)
     return {k: float(v) for k, v in stats.items()}
+
+
+def skip_connections_normal(genotype) -> float:
+    """Number of ``skip_connect`` edges in the derived normal cell (the
+    mean over normal cells for per-cell genotypes); NaN without one.
+
+    DARTS' collapse is a normal cell of skip-connections (paper, Figure 1;
+    R-DARTS, Zela et al. 2020): 8 edges of 8 is the collapsed cell.
+    """
+    cells = [edges for _, edges in _normal_cells(genotype) if edges]
+    if not cells:
+        return float("nan")
+    skips = sum(op == SKIP_OP for edges in cells for op, _ in edges)
+    return skips / len(cells)
+
+
+def mean_max_weight(arch_weights) -> float:
+    """Mean over edges (all operator-weight keys) of the largest softmax
+    operator weight: 1/|ops| for an undecided architecture, 1 for a fully
+    decided one. The ``beta_`` pair probabilities are left out; NaN
+    without operator weights.
+
+    Args:
+        arch_weights: ``{key: softmax weights (edges, operators)}``.
+    """
+    rows = [
+        np.asarray(w, dtype=np.float64).max(axis=-1)
+        for key, w in arch_weights.items()
+        if not key.startswith("beta_") and np.ndim(w) == 2
+    ]
+    if not rows:
+        return float("nan")
+    return float(np.mean(np.concatenate(rows)))
+
+
+def stability_stats(arch_weights, genotype) -> dict:
+    """The per-epoch stability indicators of a search (`SKIP_KEY`,
+    `DECIDED_KEY`), as floats."""
+    return {
+        SKIP_KEY: skip_connections_normal(genotype),
+        DECIDED_KEY: mean_max_weight(arch_weights),
+    }

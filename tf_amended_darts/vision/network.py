@@ -19,7 +19,7 @@ Structure, layer by layer, as the DARTS reference (quark0/darts,
   first cell preprocessing ``c_{k-2}`` with ``FactorizedReduce``.
 
 Parameter counts of the published genotypes equal the reference's to the
-parameter (``count_params``; tests/test_network.py). Layout is NHWC.
+parameter (``count_params``; tests/vision/test_network.py). Layout is NHWC.
 
 Mixed precision: pass ``dtype="mixed_float16"`` or ``"mixed_bfloat16"``
 (a Keras dtype policy) to a network; every layer gets it, variables stay

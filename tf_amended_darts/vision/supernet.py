@@ -33,6 +33,7 @@ from tf_amended_darts.core import hparams
 from tf_amended_darts.nn.base import output_dtype_policy
 from tf_amended_darts.nn.batch_norm import BatchNorm
 from tf_amended_darts.nn.conv import Conv2D
+from tf_amended_darts.nn.linear import Linear
 from tf_amended_darts.nn.validate import check_bool, check_int, check_prob
 from tf_amended_darts.vision import derive, stochastic_paths
 from tf_amended_darts.vision import search_space as S
@@ -211,8 +212,11 @@ class SearchNetwork(StochasticPaths, keras.Model):
             if auxiliary
             else None
         )
-        # float32 logits under a mixed policy (nn.base.output_dtype_policy).
-        self.classifier = keras.layers.Dense(
+        # torch.nn.Linear's initialisation, as every other layer here and
+        # the re-training network's classifier (DARTS model_search.py:
+        # `self.classifier = nn.Linear(C_prev, num_classes)`); float32
+        # logits under a mixed policy (nn.base.output_dtype_policy).
+        self.classifier = Linear(
             num_classes,
             name="classifier",
             dtype=output_dtype_policy(self.dtype_policy),
