@@ -103,6 +103,37 @@ def test_pc_darts_composes_with_the_amended_gradient(tmp_path):
     assert len(_rows(d)) == 2
 
 
+@pytest.mark.slow
+def test_rdarts_s4_with_the_amended_gradient_resumes_to_the_same_run(
+    tmp_path,
+):
+    # R-DARTS' S4 (noise, sep_conv_3x3) with the amended gradient and the
+    # eigenvalue; then the last epoch is redone from the epoch-1
+    # checkpoint: the noise generators' states come back with it, so the
+    # architecture history is the uninterrupted one.
+    d = tmp_path / "s4"
+    args = [a for a in TINY if not a.startswith("--space")] + [
+        f"--model_dir={d}", "--space=rdarts_s4", "--init_channels=4",
+        "--epochs=2", "--arch_grad=amended", "--hvp=exact",
+        "--hessian_every=1", "--seed=3", "--deterministic",
+    ]
+    _run(args)
+    rows = _rows(d)
+    assert all(float(r["g2_norm"]) > 0 for r in rows)
+    assert all(np.isfinite(float(r["hessian_eigenvalue"])) for r in rows)
+    straight = dict(np.load(d / "arch_history.npz"))
+    genotype = G.load(str(d / "genotype.json"))
+    assert {op for op, _ in genotype.normal + genotype.reduce} <= {
+        "noise", "sep_conv_3x3"}
+    os.remove(d / "checkpoints" / "ckpt-0002.weights.h5")
+    os.remove(d / "genotype.json")
+    assert G.load(str(_run(args) and d / "genotype.json")) == genotype
+    resumed = np.load(d / "arch_history.npz")
+    assert list(resumed["epoch"]) == [1, 2]
+    for key, value in straight.items():
+        np.testing.assert_array_equal(resumed[key], value)
+
+
 def test_p_darts_stage_transitions(tmp_path):
     # Two stages (3 then 4 cells of 2 nodes), 4 operators then 3 per edge,
     # no

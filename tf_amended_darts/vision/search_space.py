@@ -48,6 +48,14 @@ DARTS_PRIMITIVES = (
 # The operator that outputs zeros; never kept by the derivation rules.
 NONE_OP = "none"
 
+# R-DARTS' S4 operator: Gaussian noise, whatever the input (automl/
+# RobustDARTS src/operations.py, `NoiseOp`); unlike ``none`` the derivation
+# may keep it (src/search/model_search.py, `genotype._parse`).
+NOISE_OP = "noise"
+
+# Every operator a space, a supernet or a genotype may name.
+KNOWN_OPERATORS = DARTS_PRIMITIVES + (NOISE_OP,)
+
 # Intermediate nodes per cell and nodes concatenated into the cell output
 # (DARTS reference `model_search.py`: steps=4, multiplier=4).
 DEFAULT_STEPS = 4
@@ -65,7 +73,7 @@ _OVERRIDABLE = ("layers", "init_channels", "operators", "steps", "multiplier")
 
 
 def check_operators(
-    operators, accepted: tuple[str, ...] = DARTS_PRIMITIVES
+    operators, accepted: tuple[str, ...] = KNOWN_OPERATORS
 ) -> tuple[str, ...]:
     """Validates an operator list and returns it as a tuple.
 
@@ -119,7 +127,7 @@ class SearchSpace:
     Args:
         name: the space's name (e.g. ``"s1"``).
         operators: candidate operator names, a subset of
-            ``DARTS_PRIMITIVES`` in the order the architecture logits use.
+            ``KNOWN_OPERATORS`` in the order the architecture logits use.
         layers: number of cells in the search network.
         init_channels: the network's basic width ``C``.
         steps: intermediate nodes per cell.
@@ -270,7 +278,7 @@ SPACES = {
 # R-DARTS' spaces (Zela et al., ICLR 2020; automl/RobustDARTS src/spaces.py),
 # under their own names (../shared/baselines.md, "Name clash"): 8 cells,
 # C = 16, shared per cell type, alpha columns in R-DARTS' order. S1 gives
-# each edge its own two operators; S4 (``noise``) is not provided.
+# each edge its own two operators; S4 pairs ``noise`` with sep_conv_3x3.
 _SKIP, _SEP3 = "skip_connect", "sep_conv_3x3"
 _DIL3, _DIL5 = "dil_conv_3x3", "dil_conv_5x5"
 _MAX, _AVG = "max_pool_3x3", "avg_pool_3x3"
@@ -305,6 +313,12 @@ SPACES.update(
     rdarts_s3=SearchSpace(
         name="rdarts_s3",
         operators=(NONE_OP, _SKIP, _SEP3),
+        layers=8,
+        init_channels=16,
+    ),
+    rdarts_s4=SearchSpace(
+        name="rdarts_s4",
+        operators=(NOISE_OP, _SEP3),
         layers=8,
         init_channels=16,
     ),
