@@ -179,3 +179,26 @@ def _noise_cell_problem():
 
 def test_amended_products_through_a_noise_cell():
     _check_amended_products(*_noise_cell_problem())
+
+
+def test_a_genotype_naming_noise_builds_a_retraining_network(tmp_path):
+    from tf_amended_darts.vision.network import NetworkCIFAR
+
+    genotype = G.Genotype(
+        normal=[("noise", 0), ("sep_conv_3x3", 1)] * 4,
+        normal_concat=[2, 3, 4, 5],
+        reduce=[("sep_conv_3x3", 0), ("noise", 1)] * 4,
+        reduce_concat=[2, 3, 4, 5],
+    )
+    path = str(tmp_path / "genotype.json")
+    G.save(genotype, path)
+    net = NetworkCIFAR(G.load(path), 10, layers=3, init_channels=4,
+                       auxiliary=False)
+    x = tf.random.normal((2, 8, 8, 3))
+    assert tuple(net(x, training=True).shape) == (2, 10)
+    assert any(isinstance(layer, O.Noise) for layer in net._flatten_layers())
+    weights = str(tmp_path / "net.weights.h5")
+    net.save_weights(weights)
+    expected = net(x, training=False).numpy()  # noise in inference too
+    net.load_weights(weights)
+    np.testing.assert_array_equal(net(x, training=False), expected)
