@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 
 from tests.helpers import REPO_ROOT
-from tf_amended_darts.jobs import search_config
+from tf_amended_darts.jobs import baseline_config, search_config
 from tf_amended_darts.vision import genotype as G
 
 TINY = [
@@ -21,6 +21,7 @@ TINY = [
 def _flag_values(args):
     fv = flags.FlagValues()
     search_config.define_flags(fv)
+    baseline_config.define_flags(fv)
     fv(["search"] + args)
     return fv
 
@@ -166,7 +167,8 @@ SEARCH_FLAGFILES = sorted(
     f for f in os.listdir(os.path.join(REPO_ROOT,
                                        "flags"))
     if f.endswith(".cfg")
-    and not f.startswith(("retrain", "base", "study", "ptb")))
+    and not f.startswith(("retrain", "base", "random_search", "study",
+                          "ptb")))
 
 
 @pytest.mark.parametrize("name", SEARCH_FLAGFILES)

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tf_amended_darts.nn.batch_norm import PYTORCH_BN_EPSILON, BatchNorm
 from tf_amended_darts.nn.contexts import frozen_statistics
-from tf_amended_darts.vision import ops
+from tf_amended_darts.vision import ops, search_space
 
 try:  # pytest's default (prepend) import mode puts tests/ on sys.path.
     from test_layers import check_derivatives, make_case
@@ -53,7 +53,9 @@ def test_primitives_are_the_darts_list_and_all_in_the_table():
         "dil_conv_3x3",
         "dil_conv_5x5",
     )
-    assert set(ops.OPS) == set(ops.PRIMITIVES)
+    # plus R-DARTS' S4 operator, which DARTS' list does not hold
+    assert set(ops.OPS) == set(ops.PRIMITIVES) | {"noise"}
+    assert set(ops.OPS) == set(search_space.KNOWN_OPERATORS)
 
 
 @pytest.mark.parametrize("size", [8, 7])

@@ -153,8 +153,8 @@ def test_mixed_edge_computes_one_relu_of_its_input(stride):
     # sep_conv (x2 blocks), dil_conv and factorized reduction all start
     # with relu(x): one shared ReLU, and the same values and gradients as
     # each operator computing its own.
-    from tf_amended_darts.vision import cells
-    from tf_amended_darts.vision.cells import MixedEdge
+    from tf_amended_darts.vision import mixed_edge as cells
+    from tf_amended_darts.vision.mixed_edge import MixedEdge
 
     keras.utils.set_random_seed(0)
     edge = MixedEdge(S.DARTS_PRIMITIVES, 4, stride)

@@ -8,6 +8,13 @@ trainable variables). Each `train_step` does, as DARTS does:
    chosen by ``arch_grad`` (`bilevel.estimate`), then Adam on ``a``;
 2. a weight step on the training batch with the new ``a``: SGD on ``w``.
 
+Architecture warm-up (PC-DARTS, P-DARTS: the first epochs train the
+weights only): with ``arch_updates`` False the step skips the estimator and
+the architecture update, and evaluates the validation batch by one forward
+pass for the logs (``g1_norm``, ``g2_norm``, ``arch_grad_norm`` read 0).
+Setting the flag discards the traced step, so each setting has its own
+graph (`ArchWarmup` sets it per epoch).
+
 Batch-norm moving statistics: only the weight step's training-batch pass
 updates them. The architecture step evaluates the network functionally
 (``stateless_call``) and discards the statistics its passes would write, so
@@ -171,6 +178,20 @@ class BilevelSearch(keras.Model):
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.weight_optimizer = None
         self.arch_optimizer = None
+        self._arch_updates = True
+
+    @property
+    def arch_updates(self):
+        """Whether a step updates the architecture (False: warm-up)."""
+        return self._arch_updates
+
+    @arch_updates.setter
+    def arch_updates(self, value):
+        value = bool(value)
+        if value != self._arch_updates:
+            self._arch_updates = value
+            if self.train_function is not None:  # in fit: a new graph
+                self.make_train_function(force=True)
 
     # -- variables ------------------------------------------------------------
 
@@ -367,15 +388,33 @@ class BilevelSearch(keras.Model):
         with synchronized_statistics(self.sync_batch_norm):
             return self._train_step(data)
 
+    def _frozen_arch_result(self, val_batch, record):
+        """The logs' validation loss with no architecture step (warm-up).
+
+        ``record`` receives the validation pass's outputs and
+        non-trainable values, as `arch_gradient` fills it.
+        """
+        x_v, y_v = val_batch
+        weights = [v.value for v in self.weight_variables]
+        arch = [v.value for v in self.arch_variables]
+        loss = self.functional_loss(x_v, y_v, record)(weights, arch)
+        zeros = [ops.zeros_like(a) for a in arch]
+        return bilevel.EstimatorResult(zeros, zeros, zeros, loss), record[
+            "outputs"
+        ]
+
     def _train_step(self, data):
         train_batch, val_batch = unpack_pairs(data)
         record = {}
-        result, val_outputs = self.arch_gradient(
-            train_batch, val_batch, record
-        )
-        replicas.apply_mean_gradients(
-            self.arch_optimizer, result.arch_grads, self.arch_variables
-        )
+        if self._arch_updates:
+            result, val_outputs = self.arch_gradient(
+                train_batch, val_batch, record
+            )
+            replicas.apply_mean_gradients(
+                self.arch_optimizer, result.arch_grads, self.arch_variables
+            )
+        else:
+            result, val_outputs = self._frozen_arch_result(val_batch, record)
         self._keep_validation_state(record.get("non_trainable"))
 
         x_t, y_t = train_batch
@@ -453,6 +492,30 @@ class BilevelSearch(keras.Model):
             config["network"]
         )
         return cls(**config)
+
+
+class ArchWarmup(keras.callbacks.Callback):
+    """No architecture updates before epoch ``start`` (0-based).
+
+    PC-DARTS train_search.py updates the architecture from ``epoch >= 15``;
+    P-DARTS from epoch ``eps_no_arch = 10`` of each stage. Sets
+    ``model.arch_updates`` at the start of every epoch.
+
+    Args:
+        start: the first epoch with architecture steps (0: every epoch).
+    """
+
+    def __init__(self, start):
+        super().__init__()
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(
+                "Expected `start` to be an integer >= 0 (the first epoch "
+                f"with architecture steps). Received: start={start!r}"
+            )
+        self.start = start
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.arch_updates = epoch >= self.start
 
 
 def _accuracy(y_true, outputs):

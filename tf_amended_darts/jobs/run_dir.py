@@ -49,13 +49,14 @@ def _flag_text(value):
     return str(value)
 
 
-def read_config(model_dir):
-    """The dict of ``model_dir/config.json``, or None if there is none.
+def read_config(model_dir, name=CONFIG_FILE):
+    """The dict of ``model_dir/<name>`` (``config.json``), or None if there
+    is none.
 
     Raises:
         ConfigMismatchError: when it exists but cannot be read.
     """
-    path = os.path.join(model_dir, CONFIG_FILE)
+    path = os.path.join(model_dir, name)
     if not os.path.exists(path):
         return None
     try:
@@ -63,13 +64,13 @@ def read_config(model_dir):
             values = json.load(f)
     except (OSError, ValueError) as err:
         raise ConfigMismatchError(
-            f"--model_dir={model_dir}: its {CONFIG_FILE} cannot be read "
+            f"--model_dir={model_dir}: its {name} cannot be read "
             f"({' '.join(str(err).split())}). Restore it, or use a new "
             "--model_dir."
         ) from None
     if not isinstance(values, dict):
         raise ConfigMismatchError(
-            f"--model_dir={model_dir}: its {CONFIG_FILE} is not a JSON "
+            f"--model_dir={model_dir}: its {name} is not a JSON "
             "object. Restore it, or use a new --model_dir."
         )
     return values
@@ -83,6 +84,7 @@ def check(
     upward=(),
     ignore=("model_dir",),
     defaults=None,
+    name=CONFIG_FILE,
 ):
     """Compares ``requested`` with ``model_dir``'s config; writes nothing.
 
@@ -94,6 +96,8 @@ def check(
         ignore: names never compared.
         defaults: values of names the old config.json lacks (a field added
             since it was written); a name missing from both is unchanged.
+        name: the file holding the old configuration (another file, e.g.
+            ``baselines.json``, for flags kept beside ``config.json``).
 
     Returns:
         The allowed changes, ``[(name, old, new)]`` (empty for a new
@@ -103,24 +107,24 @@ def check(
         ConfigMismatchError: naming every other differing flag, ``old ->
             new``, and the ways out.
     """
-    old = read_config(model_dir)
+    old = read_config(model_dir, name)
     if old is None:
         return []
     new = _normal(requested)
     defaults = _normal(defaults or {})
     allowed, refused = [], []
-    for name in sorted(new):
-        if name in ignore:
+    for flag in sorted(new):
+        if flag in ignore:
             continue
-        before = old[name] if name in old else defaults.get(name, new[name])
-        after = new[name]
+        before = old[flag] if flag in old else defaults.get(flag, new[flag])
+        after = new[flag]
         if before == after:
             continue
-        change = (name, before, after)
-        if name in resumable:
+        change = (flag, before, after)
+        if flag in resumable:
             allowed.append(change)
         elif (
-            name in upward
+            flag in upward
             and isinstance(before, (int, float))
             and isinstance(after, (int, float))
             and after > before
@@ -130,9 +134,9 @@ def check(
             refused.append(change)
     if refused:
         listed = ", ".join(
-            f"--{name} {_flag_text(a)} -> {_flag_text(b)}"
-            + (" (only upward)" if name in upward else "")
-            for name, a, b in refused
+            f"--{flag} {_flag_text(a)} -> {_flag_text(b)}"
+            + (" (only upward)" if flag in upward else "")
+            for flag, a, b in refused
         )
         raise ConfigMismatchError(
             f"--model_dir={model_dir} holds a run of another configuration "

@@ -78,6 +78,7 @@ from tf_amended_darts.jobs import (
     search_config,
     stopping,
 )
+from tf_amended_darts.jobs.stage_extras import StageExtras
 from tf_amended_darts.nn.drop_path import DropPathSchedule
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import genotype as G
@@ -119,9 +120,13 @@ def _data(config, epoch):
 
 
 def _search_network(
-    config, space, num_classes, image_size, edges, stage, node_inputs
+    config, space, num_classes, image_size, edges, stage, node_inputs,
+    extra_kwargs=None,
 ):
     """The built `SearchNetwork` of one stage."""
+    # The space's per-edge operators (R-DARTS' S1); a baseline's win.
+    kwargs = {"edge_operators": space.edge_operators_for(space.layers)}
+    kwargs.update(extra_kwargs or {})
     network = SearchNetwork(
         num_classes,
         operators=space.operators,
@@ -138,6 +143,7 @@ def _search_network(
         auxiliary=config.auxiliary,
         drop_path_prob=config.drop_path_prob,
         dtype=config.dtype_policy,
+        **kwargs,
     )
     try:
         network.build((None, image_size, image_size, 3))
@@ -163,8 +169,14 @@ def build_search(
     edges=None,
     stage=1,
     node_inputs=None,
+    extras=None,
 ):
-    """The `BilevelSearch` model of one stage, compiled."""
+    """The `BilevelSearch` model of one stage, compiled.
+
+    ``extras``: a baseline's `stage_extras.StageExtras` (network arguments,
+    architecture-gradient clip), or None.
+    """
+    extras = extras or StageExtras()
     # Cells create their layers without `dtype`: they take the global
     # policy, set while the network is made (--dtype_policy).
     with precision.dtype_policy(config.dtype_policy):
@@ -176,6 +188,7 @@ def build_search(
             edges,
             stage,
             node_inputs,
+            extras.network_kwargs,
         )
     search = engine.BilevelSearch(
         network,
@@ -199,15 +212,25 @@ def build_search(
             config.arch_beta1,
             config.arch_beta2,
             coupled_weight_decay=config.arch_weight_decay,
+            global_clipnorm=extras.arch_clipnorm or None,
         ),
     )
     return search
 
 
 def run_stage(
-    config, stage_dir, edges=None, stage=1, node_inputs=None, strategy=None
+    config,
+    stage_dir,
+    edges=None,
+    stage=1,
+    node_inputs=None,
+    strategy=None,
+    extras=None,
 ):
     """Searches one stage in ``stage_dir``, resuming.
+
+    A callback that sets ``model.stop_training`` ends the stage after that
+    epoch's checkpoint (R-DARTS' early stop).
 
     Args:
         config: the `SearchConfig`.
@@ -216,12 +239,14 @@ def run_stage(
         stage: 1 or 2 (``searched`` edges).
         node_inputs: stage 2's kept pairs.
         strategy: a `tf.distribute.Strategy` (default: the current one).
+        extras: a baseline's `stage_extras.StageExtras`, or None.
 
     Returns:
         ``(network, genotype)``: the trained `SearchNetwork` and the
         genotype derived from it (written to ``stage_dir`` by the chief).
     """
     strategy = strategy or tf.distribute.get_strategy()
+    extras = extras or StageExtras()
     chief = distribute.is_chief(strategy)
     if chief:
         os.makedirs(stage_dir, exist_ok=True)
@@ -237,6 +262,7 @@ def run_stage(
             edges,
             stage,
             node_inputs,
+            extras,
         )
     network = search.network
     run = resume.Resumable(
@@ -262,6 +288,9 @@ def run_stage(
     fit_callbacks += monitors.stage_callbacks(
         config, search, stopper, chief, lambda: next(iter(_data(config, 0)[0]))
     )
+    # Baseline callbacks (R-DARTS eigenvalue, P-DARTS skip dropout), also
+    # before SearchArtifacts: values they add to the logs reach its files.
+    fit_callbacks += extras.callbacks(search, stage_dir, start, steps)
     artifacts = None
     if chief:
         artifacts = callbacks.SearchArtifacts(
@@ -288,6 +317,8 @@ def run_stage(
         else:
             search.fit(pairs, **fit_args)
         run.end_epoch(epoch + 1)
+        if search.stop_training:
+            break
     genotype = network.genotype(
         metadata={
             "epochs": config.epochs,
@@ -297,6 +328,7 @@ def run_stage(
             "edges": config.edges,
             "stage": stage,
             **stopper.metadata(),
+            **extras.metadata,
         }
     )
     if chief:
@@ -359,8 +391,10 @@ def return_freed_memory():
     )
 
 
-def run_search(config, strategy):
+def run_search(config, strategy, extras=None):
     """Runs the whole search under ``strategy`` (from `set_up`).
+
+    ``extras``: a baseline's `stage_extras.StageExtras` for every stage.
 
     Returns:
         A `SearchResult`: the final genotype and network.
@@ -371,7 +405,7 @@ def run_search(config, strategy):
         run_dir.record(config.model_dir, config.to_json(), changes)
     if config.edges != "searched":
         network, genotype = run_stage(
-            config, config.model_dir, strategy=strategy
+            config, config.model_dir, strategy=strategy, extras=extras
         )
         final_dir = config.model_dir
     else:
@@ -379,7 +413,8 @@ def run_search(config, strategy):
         stage1 = os.path.join(config.model_dir, "stage1")
         if not os.path.exists(pairs_path):
             network, _ = run_stage(
-                config, stage1, "searched", 1, strategy=strategy
+                config, stage1, "searched", 1, strategy=strategy,
+                extras=extras,
             )
             # Through JSON, as a resumed run reads them.
             pairs = json.loads(json.dumps(network.stage1_pairs()))
@@ -397,6 +432,7 @@ def run_search(config, strategy):
             2,
             _node_inputs(pairs, config),
             strategy=strategy,
+            extras=extras,
         )
         final_dir = stage2
     if not chief:

@@ -1,4 +1,5 @@
-"""Drop-path (per-sample dropout of whole paths) and its linear ramp."""
+"""Drop-path (per-sample dropout of whole paths) and its linear ramp, and
+element-wise dropout (P-DARTS' dropout on skip-connections)."""
 
 import keras
 import tensorflow as tf
@@ -29,6 +30,29 @@ def drop_path(x, drop_prob, seed=None):
     shape = tf.stack([tf.shape(x)[0], 1, 1, 1])
     noise = keras.random.uniform(shape, dtype="float32", seed=seed)
     mask = tf.cast(noise < keep, x.dtype)  # P(mask = 1) = keep
+    return x / tf.cast(keep, x.dtype) * mask
+
+
+def dropout(x, rate, seed=None):
+    """Element-wise dropout: each element kept with probability 1 - rate.
+
+    PyTorch ``nn.Dropout(p)`` in training mode (P-DARTS wraps its stride-1
+    skip-connections in it, model_search.py ``MixedOp``): elements are
+    zeroed independently with probability ``rate`` and the rest divided by
+    ``1 - rate``. Given the mask this is linear in ``x``, so derivatives of
+    every order are exact. With ``rate == 0`` the result equals ``x``.
+
+    Args:
+        x: a tensor.
+        rate: Python float or scalar tensor in [0, 1).
+        seed: A `keras.random.SeedGenerator`, an int or None.
+
+    Returns:
+        A tensor like ``x``.
+    """
+    keep = 1.0 - tf.cast(rate, "float32")
+    noise = keras.random.uniform(tf.shape(x), dtype="float32", seed=seed)
+    mask = tf.cast(noise < keep, x.dtype)
     return x / tf.cast(keep, x.dtype) * mask
 
 

@@ -1,121 +1,34 @@
-"""Mixed edges and cells: the search cell and the discrete (genotype) cell.
+"""The search cell: mixed edges between two inputs and ``steps`` nodes.
 
-Structure follows the DARTS reference (quark0/darts, ``model_search.py`` and
-``model.py``): two cell inputs ``c_{k-2}``, ``c_{k-1}`` preprocessed to C
-channels (ReLU-1x1 conv-BN, or FactorizedReduce after a reduction cell),
-``steps`` intermediate nodes, the output concatenating the last
-``multiplier`` nodes. In a reduction cell, edges leaving the two cell inputs
-have stride 2.
+Structure follows the DARTS reference (quark0/darts, ``model_search.py``):
+two cell inputs ``c_{k-2}``, ``c_{k-1}`` preprocessed to C channels
+(ReLU-1x1 conv-BN, or FactorizedReduce after a reduction cell), ``steps``
+intermediate nodes, the output concatenating the last ``multiplier`` nodes.
+In a reduction cell, edges leaving the two cell inputs have stride 2.
+
+Baselines' variants (../shared/baselines.md): per-edge operator subsets
+(P-DARTS' switches, R-DARTS' space S1), partial channel connections
+(PC-DARTS, `partial_channels.PartialChannelEdge`) and edge normalisation
+(PC-DARTS: each edge's output scaled by its node-normalised beta weight,
+``edge_scales``).
 """
 
 import keras
 import tensorflow as tf
 from keras import ops as kops
 
-from tf_amended_darts.nn.batch_norm import BatchNorm
-from tf_amended_darts.nn.contexts import shared_relu
-from tf_amended_darts.nn.drop_path import drop_path
+from tf_amended_darts.nn.validate import check_int
 from tf_amended_darts.vision import ops as O
+from tf_amended_darts.vision.mixed_edge import NONE, MixedEdge
+from tf_amended_darts.vision.partial_channels import PartialChannelEdge
 
-NONE = "none"
+__all__ = ["NONE", "MixedEdge", "SearchCell"]
 
 
 def _preprocess0(channels, reduction_prev, affine, name):
     if reduction_prev:
         return O.FactorizedReduce(channels, affine=affine, name=name)
     return O.ReLUConvBN(channels, 1, 1, 0, affine=affine, name=name)
-
-
-@keras.saving.register_keras_serializable(package="tf_amended_darts")
-class MixedEdge(keras.layers.Layer):
-    """``sum_k w_k op_k(x)`` over candidate operators (DARTS ``MixedOp``).
-
-    Pooling operators get a non-affine batch norm appended, as in the
-    reference. ``none`` contributes exactly zero to the sum and to every
-    derivative, so it is not computed (its weight still takes part in the
-    softmax, which the caller computes).
-
-    Drop-path (hyper-parameter consistency, paper 2.4 / B.1): given a
-    ``drop_prob`` and a seed generator in training mode, each computed
-    candidate's output except ``Identity`` (``skip_connect`` at stride 1)
-    gets its own per-sample mask, as the re-training cell
-    (`discrete_cell.DiscreteCell`) treats its operators.
-
-    Args:
-        operators: candidate operator names (columns of the weights).
-        channels: C.
-        stride: 1 or 2.
-        affine: batch-norm affinity of the operators (False in search).
-        **kwargs: base layer arguments.
-    """
-
-    def __init__(self, operators, channels, stride, affine=False, **kwargs):
-        super().__init__(**kwargs)
-        self.operators = tuple(operators)
-        self.channels = channels
-        self.stride = stride
-        self.affine = affine
-        self.candidates = []
-        self.indices = []
-        for k, name in enumerate(self.operators):
-            if name == NONE:
-                continue
-            op = O.make_op(name, channels, stride, affine)
-            if "pool" in name:
-                op = keras.Sequential(
-                    [op, BatchNorm(affine=False, name=f"{name}_bn")],
-                    name=f"{name}_seq",
-                )
-            self.candidates.append(op)
-            self.indices.append(k)
-        self.zero = O.Zero(stride) if not self.candidates else None
-
-    def build(self, input_shape):
-        for op in self.candidates:
-            op.build(input_shape)
-        self.built = True
-
-    def call(self, x, weights, training=False, drop_prob=None, seed=None):
-        """Runs the mixed edge.
-
-        Args:
-            x: the edge's input state.
-            weights: (num_operators,) operator weights.
-            training: training mode (batch statistics, drop-path).
-            drop_prob: drop-path probability (float or scalar tensor), or
-                None for no drop-path (no extra graph nodes).
-            seed: a `keras.random.SeedGenerator` for the drop-path masks
-                (required with ``drop_prob``).
-
-        Returns:
-            ``sum_k w_k op_k(x)``.
-        """
-        if not self.candidates:
-            return self.zero(x)
-        apply_drop = bool(training) and drop_prob is not None
-        if apply_drop and seed is None:
-            raise ValueError("Drop-path needs a `seed` generator.")
-        # one unstack instead of a strided slice per operator
-        weights = tf.unstack(weights, num=len(self.operators))
-        out = None
-        with shared_relu():  # one relu(x) for all conv candidates
-            for k, op in zip(self.indices, self.candidates, strict=True):
-                h = op(x, training=training)
-                if apply_drop and not isinstance(op, O.Identity):
-                    h = drop_path(h, drop_prob, seed=seed)
-                y = weights[k] * h
-                out = y if out is None else out + y
-        return out
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            operators=list(self.operators),
-            channels=self.channels,
-            stride=self.stride,
-            affine=self.affine,
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
@@ -133,6 +46,12 @@ class SearchCell(keras.layers.Layer):
         multiplier: how many last nodes the output concatenates.
         pair_logits: stage 1 of the ``searched`` layout (paper eq. 16): each
             node's output is ``sum_pairs softmax(b)_(i1,i2) (y_i1 + y_i2)``.
+        edge_operators: optional per-edge operator lists (edge order), all
+            of one length k: edge ``e`` mixes ``edge_operators[e]`` and
+            column ``j`` of its weights is its ``j``-th operator (P-DARTS'
+            switches, R-DARTS' S1). Default: ``operators`` on every edge.
+        partial_channels: K; above 1, every edge is a
+            `partial_channels.PartialChannelEdge` on ``C // K`` channels.
         **kwargs: base layer arguments.
     """
 
@@ -145,9 +64,12 @@ class SearchCell(keras.layers.Layer):
         reduction_prev,
         multiplier=4,
         pair_logits=False,
+        edge_operators=None,
+        partial_channels=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_int("partial_channels", partial_channels)
         self.node_inputs = [list(n) for n in node_inputs]
         self.operators = tuple(operators)
         self.channels = channels
@@ -155,6 +77,20 @@ class SearchCell(keras.layers.Layer):
         self.reduction_prev = reduction_prev
         self.multiplier = multiplier
         self.pair_logits = pair_logits
+        self.partial_channels = partial_channels
+        num_edges = sum(map(len, self.node_inputs))
+        if edge_operators is None:
+            self.edge_operators = None
+            per_edge = [self.operators] * num_edges
+        else:
+            per_edge = [tuple(ops) for ops in edge_operators]
+            if len(per_edge) != num_edges or len(set(map(len, per_edge))) > 1:
+                raise ValueError(
+                    f"Expected `edge_operators` to hold {num_edges} operator "
+                    "lists (one per edge) of one length. Received: "
+                    f"edge_operators={edge_operators!r}"
+                )
+            self.edge_operators = [list(ops) for ops in per_edge]
         self.preprocess0 = _preprocess0(
             channels, reduction_prev, False, "preprocess0"
         )
@@ -165,15 +101,15 @@ class SearchCell(keras.layers.Layer):
         for j, inputs in enumerate(self.node_inputs):
             for i in inputs:
                 stride = 2 if reduction and i < 2 else 1
-                self.edges.append(
-                    MixedEdge(
-                        self.operators,
-                        channels,
-                        stride,
-                        affine=False,
-                        name=f"edge_{i}_{j + 2}",
+                ops = per_edge[len(self.edges)]
+                name = f"edge_{i}_{j + 2}"
+                if partial_channels > 1:
+                    edge = PartialChannelEdge(
+                        ops, channels, stride, partial_channels, name=name
                     )
-                )
+                else:
+                    edge = MixedEdge(ops, channels, stride, name=name)
+                self.edges.append(edge)
 
     @property
     def num_edges(self):
@@ -196,6 +132,9 @@ class SearchCell(keras.layers.Layer):
         training=False,
         drop_prob=None,
         seed=None,
+        edge_scales=None,
+        skip_drop_prob=None,
+        skip_seed=None,
     ):
         """Runs the cell.
 
@@ -207,6 +146,11 @@ class SearchCell(keras.layers.Layer):
             training: training mode (batch statistics, drop-path).
             drop_prob: drop-path probability or None (see `MixedEdge`).
             seed: the `keras.random.SeedGenerator` of the masks.
+            edge_scales: (num_edges,) factors multiplying each edge's
+                output (PC-DARTS edge normalisation), or None.
+            skip_drop_prob: P-DARTS' dropout rate on stride-1
+                ``skip_connect``, or None (see `MixedEdge`).
+            skip_seed: the `keras.random.SeedGenerator` of its masks.
 
         Returns:
             The concatenation of the last ``multiplier`` nodes.
@@ -217,6 +161,8 @@ class SearchCell(keras.layers.Layer):
             self.preprocess1(s1, training=training),
         ]
         edge_weights = tf.unstack(edge_weights, num=self.num_edges)
+        if edge_scales is not None:
+            edge_scales = tf.unstack(edge_scales, num=self.num_edges)
         e = 0
         for j, node_in in enumerate(self.node_inputs):
             coeffs = None
@@ -230,7 +176,11 @@ class SearchCell(keras.layers.Layer):
                     training=training,
                     drop_prob=drop_prob,
                     seed=seed,
+                    skip_drop_prob=skip_drop_prob,
+                    skip_seed=skip_seed,
                 )
+                if edge_scales is not None:
+                    y = edge_scales[e] * y
                 if coeffs is not None:
                     y = coeffs[n] * y
                 s = y if s is None else s + y
@@ -248,6 +198,8 @@ class SearchCell(keras.layers.Layer):
             reduction_prev=self.reduction_prev,
             multiplier=self.multiplier,
             pair_logits=self.pair_logits,
+            edge_operators=self.edge_operators,
+            partial_channels=self.partial_channels,
         )
         return config
 

@@ -310,7 +310,7 @@ def from_dict(data, operators=None, require_header: bool = True) -> Genotype:
 
     Args:
         data: the parsed JSON object.
-        operators: accepted operator names (default ``DARTS_PRIMITIVES``).
+        operators: accepted operator names (default ``KNOWN_OPERATORS``).
         require_header: whether ``format`` and ``version`` must be present
             (``False`` also accepts the published layout without them).
 
@@ -321,7 +321,7 @@ def from_dict(data, operators=None, require_header: bool = True) -> Genotype:
         ValueError: naming the offending field and the accepted values.
     """
     if operators is None:
-        operators = search_space.DARTS_PRIMITIVES
+        operators = search_space.KNOWN_OPERATORS
     ops = tuple(operators)
     if not isinstance(data, Mapping):
         raise invalid("genotype", "a JSON object", data)
@@ -449,7 +449,7 @@ def load(path_or_name, operators=None) -> Genotype:
     Args:
         path_or_name: a file written by ``save``, or one of
             ``published_names()`` (an existing file of that name wins).
-        operators: accepted operator names (default ``DARTS_PRIMITIVES``).
+        operators: accepted operator names (default ``KNOWN_OPERATORS``).
 
     Returns:
         The ``Genotype``.

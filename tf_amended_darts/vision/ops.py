@@ -24,6 +24,7 @@ from tf_amended_darts.nn.graph_constants import graph_constant
 from tf_amended_darts.nn.pooling import AvgPool2D, MaxPool2D
 from tf_amended_darts.nn.spatial import pad_hw, subsample_hw
 from tf_amended_darts.nn.validate import check_bool, check_int
+from tf_amended_darts.vision.search_space import NOISE_OP
 
 PRIMITIVES = (
     "none",
@@ -96,6 +97,101 @@ class Zero(ConfigLayer):
             if out[axis] is not None:
                 out[axis] = -(-out[axis] // self.stride)
         return tuple(out)
+
+
+# R-DARTS' S4 operator (Zela et al., ICLR 2020; automl/RobustDARTS
+# src/operations.py: `'noise': NoiseOp(stride, 0., 1.)`); not in PRIMITIVES.
+NOISE = NOISE_OP
+NOISE_MEAN = 0.0  # NoiseOp(stride, 0., 1.)
+NOISE_STD = 1.0
+# Weight-file entry of a `Noise` layer's seed-generator state.
+NOISE_SEED_KEY = "noise_seed"
+
+
+@keras.saving.register_keras_serializable(package="tf_amended_darts")
+class Noise(ConfigLayer):
+    """Gaussian noise shaped like its (strided) input, whatever its values.
+
+    R-DARTS' S4 pairs it with ``sep_conv_3x3`` on every edge: an operator
+    that carries no information, which a robust search should never pick.
+    The output ignores the input values (its derivatives with respect to
+    the input are zero to every order) and is drawn afresh on every call,
+    in training and inference alike, as the reference's ``NoiseOp``. Output
+    size is ``ceil(size / stride)``.
+
+    The draws come from the layer's own `keras.random.SeedGenerator`, whose
+    state is saved with the weights (Keras weight files skip seed
+    generators: without it a resumed search would draw other noise).
+
+    Reference: R-DARTS `NoiseOp` (automl/RobustDARTS, src/operations.py).
+
+    Args:
+        stride: Spatial subsampling step.
+        mean: Mean of the noise.
+        std: Standard deviation of the noise (>= 0).
+        seed: Seed of the generator (an int), or None for Keras' default
+            (from the global seed, `keras.utils.set_random_seed`).
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+    """
+
+    _config_keys = ("stride", "mean", "std", "seed")
+
+    def __init__(
+        self, stride=1, mean=NOISE_MEAN, std=NOISE_STD, seed=None, **kwargs
+    ):
+        super().__init__(**kwargs)
+        check_int("stride", stride)
+        if isinstance(mean, bool) or not isinstance(mean, (int, float)):
+            raise ValueError(f"Expected a number `mean`. Received: {mean!r}")
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or (
+            std < 0
+        ):
+            raise ValueError(
+                f"Expected a number `std` >= 0. Received: std={std!r}"
+            )
+        if seed is not None:
+            check_int("seed", seed, minimum=0)
+        self.stride = stride
+        self.mean = float(mean)
+        self.std = float(std)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(
+            seed, name="noise_seed"
+        )
+
+    def call(self, inputs):
+        x = tf.cast(inputs, self.compute_dtype)
+        if self.stride > 1:
+            x = subsample_hw(x, self.stride)
+        return keras.random.normal(
+            tf.shape(x),
+            mean=self.mean,
+            stddev=self.std,
+            dtype=self.compute_dtype,
+            seed=self.seed_generator,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return Zero(self.stride).compute_output_shape(input_shape)
+
+    def save_own_variables(self, store):
+        """Saves the seed-generator state (the layer has no weights)."""
+        super().save_own_variables(store)
+        store[NOISE_SEED_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        """Restores the seed-generator state saved by `save_own_variables`.
+
+        Raises:
+            ValueError: when the entry is missing (weights of another
+                layer).
+        """
+        if NOISE_SEED_KEY not in store.keys():
+            raise ValueError(
+                f"The weights of {self.name!r} hold {sorted(store.keys())}; "
+                f"a Noise layer expects its seed state {NOISE_SEED_KEY!r}."
+            )
+        self.seed_generator.state.assign(store[NOISE_SEED_KEY])
 
 
 class _Sequential(ConfigLayer):
@@ -392,6 +488,7 @@ OPS: dict[str, Callable[[int, int, bool], keras.layers.Layer]] = {
         POOL_SIZE, stride, POOL_PADDING, count_include_pad=False, **kwargs
     ),
     "skip_connect": _skip_connect,
+    NOISE: lambda c, stride, affine, **kwargs: Noise(stride, **kwargs),
     **{name: _sep_conv(k, p) for name, (k, p) in _SEP_CONV.items()},
     **{name: _dil_conv(k, p, d) for name, (k, p, d) in _DIL_CONV.items()},
 }

@@ -48,6 +48,14 @@ DARTS_PRIMITIVES = (
 # The operator that outputs zeros; never kept by the derivation rules.
 NONE_OP = "none"
 
+# R-DARTS' S4 operator: Gaussian noise, whatever the input (automl/
+# RobustDARTS src/operations.py, `NoiseOp`); unlike ``none`` the derivation
+# may keep it (src/search/model_search.py, `genotype._parse`).
+NOISE_OP = "noise"
+
+# Every operator a space, a supernet or a genotype may name.
+KNOWN_OPERATORS = DARTS_PRIMITIVES + (NOISE_OP,)
+
 # Intermediate nodes per cell and nodes concatenated into the cell output
 # (DARTS reference `model_search.py`: steps=4, multiplier=4).
 DEFAULT_STEPS = 4
@@ -65,7 +73,7 @@ _OVERRIDABLE = ("layers", "init_channels", "operators", "steps", "multiplier")
 
 
 def check_operators(
-    operators, accepted: tuple[str, ...] = DARTS_PRIMITIVES
+    operators, accepted: tuple[str, ...] = KNOWN_OPERATORS
 ) -> tuple[str, ...]:
     """Validates an operator list and returns it as a tuple.
 
@@ -119,7 +127,7 @@ class SearchSpace:
     Args:
         name: the space's name (e.g. ``"s1"``).
         operators: candidate operator names, a subset of
-            ``DARTS_PRIMITIVES`` in the order the architecture logits use.
+            ``KNOWN_OPERATORS`` in the order the architecture logits use.
         layers: number of cells in the search network.
         init_channels: the network's basic width ``C``.
         steps: intermediate nodes per cell.
@@ -128,6 +136,11 @@ class SearchSpace:
         shared_per_cell_type: ``True`` when all normal cells share one set of
             architecture parameters and all reduction cells another (DARTS);
             ``False`` when each cell has its own set (S2).
+        edge_operators: optional per-edge operator lists of a shared space,
+            ``{"normal": [...], "reduce": [...]}`` with one list per edge of
+            the ``pruned`` layout (all of one length, names from
+            ``operators``): edge ``e`` mixes only its own (R-DARTS' S1).
+            ``None``: ``operators`` on every edge.
 
     Raises:
         ValueError: naming the field and the accepted values.
@@ -140,6 +153,7 @@ class SearchSpace:
     steps: int = DEFAULT_STEPS
     multiplier: int = DEFAULT_MULTIPLIER
     shared_per_cell_type: bool = True
+    edge_operators: dict = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -161,6 +175,53 @@ class SearchSpace:
                 "True or False",
                 self.shared_per_cell_type,
             )
+        if self.edge_operators is not None:
+            object.__setattr__(
+                self, "edge_operators", self._checked_edge_operators()
+            )
+
+    def _checked_edge_operators(self) -> dict:
+        # num_edges("pruned", steps), inline: SPACES below is built before
+        # the module's functions exist.
+        count = sum(j + NUM_CELL_INPUTS for j in range(self.steps))
+        expected = (
+            f"{{'normal': lists, 'reduce': lists}}: one operator list per "
+            f"edge of the pruned layout ({count}"
+            f" for steps={self.steps}), all of one length, names from "
+            f"{self.operators}, in a shared space"
+        )
+        value = self.edge_operators
+        if (
+            not self.shared_per_cell_type
+            or not isinstance(value, dict)
+            or set(value) != {"normal", "reduce"}
+        ):
+            raise invalid("edge_operators", expected, value)
+        out = {}
+        for key, lists in value.items():
+            lists = tuple(tuple(ops) for ops in lists)
+            if (
+                len(lists) != count
+                or len({len(ops) for ops in lists}) != 1
+                or any(
+                    len(set(ops)) != len(ops)
+                    or not set(ops) <= set(self.operators)
+                    for ops in lists
+                )
+            ):
+                raise invalid("edge_operators", expected, value)
+            out[key] = lists
+        return out
+
+    def edge_operators_for(self, layers: int):
+        """``edge_operators`` of the cell types a ``layers``-cell net has
+        (the `supernet.SearchNetwork` argument), or None."""
+        if self.edge_operators is None:
+            return None
+        return {
+            key: [list(ops) for ops in self.edge_operators[key]]
+            for key in cell_types_present(layers)
+        }
 
     @property
     def concat(self) -> tuple[int, ...]:
@@ -212,6 +273,56 @@ SPACES = {
         shared_per_cell_type=True,
     ),
 }
+
+
+# R-DARTS' spaces (Zela et al., ICLR 2020; automl/RobustDARTS src/spaces.py),
+# under their own names (../shared/baselines.md, "Name clash"): 8 cells,
+# C = 16, shared per cell type, alpha columns in R-DARTS' order. S1 gives
+# each edge its own two operators; S4 pairs ``noise`` with sep_conv_3x3.
+_SKIP, _SEP3 = "skip_connect", "sep_conv_3x3"
+_DIL3, _DIL5 = "dil_conv_3x3", "dil_conv_5x5"
+_MAX, _AVG = "max_pool_3x3", "avg_pool_3x3"
+RDARTS_S1_EDGES = {
+    "normal": (
+        (_SKIP, _DIL3), (_SKIP, _DIL5), (_SKIP, _DIL5), (_SKIP, _SEP3),
+        (_SKIP, _DIL3), (_MAX, _SKIP), (_SKIP, _SEP3), (_SKIP, _SEP3),
+        (_SKIP, _DIL3), (_SKIP, _SEP3), (_MAX, _SKIP), (_SKIP, _DIL3),
+        (_DIL3, _DIL5), (_DIL3, _DIL5),
+    ),
+    "reduce": (
+        (_MAX, _AVG), (_MAX, _DIL3), (_MAX, _AVG), (_MAX, _AVG),
+        (_SKIP, _DIL5), (_MAX, _AVG), (_MAX, _SEP3), (_SKIP, _DIL3),
+        (_SKIP, _DIL5), (_MAX, _AVG), (_MAX, _AVG), (_SKIP, _DIL5),
+        (_SKIP, _DIL5), (_SKIP, _DIL5),
+    ),
+}
+SPACES.update(
+    rdarts_s1=SearchSpace(
+        name="rdarts_s1",
+        operators=(_MAX, _AVG, _SKIP, _SEP3, _DIL3, _DIL5),
+        layers=8,
+        init_channels=16,
+        edge_operators=RDARTS_S1_EDGES,
+    ),
+    rdarts_s2=SearchSpace(
+        name="rdarts_s2",
+        operators=(_SKIP, _SEP3),
+        layers=8,
+        init_channels=16,
+    ),
+    rdarts_s3=SearchSpace(
+        name="rdarts_s3",
+        operators=(NONE_OP, _SKIP, _SEP3),
+        layers=8,
+        init_channels=16,
+    ),
+    rdarts_s4=SearchSpace(
+        name="rdarts_s4",
+        operators=(NOISE_OP, _SEP3),
+        layers=8,
+        init_channels=16,
+    ),
+)
 
 
 def space_names() -> tuple[str, ...]:

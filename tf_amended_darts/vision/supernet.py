@@ -9,6 +9,14 @@ edge; shared by all cells of a type (S1, S3) or one set per cell (S2).
 The network owns two explicit variable lists, ``weight_variables`` and
 ``arch_variables``, which is all `engine.BilevelSearch` needs.
 
+Baselines' variants (../shared/baselines.md; each off by default, and then
+the network is unchanged): ``edge_operators`` gives each edge its own
+operator subset (P-DARTS' switches, R-DARTS' S1); ``partial_channels`` and
+``edge_normalization`` are PC-DARTS' partial channel connections and edge
+normalisation (betas softmaxed per node over its input edges, scaling each
+edge's output, and multiplying the operator weights in the derivation);
+``skip_dropout_prob`` is P-DARTS' dropout on skip-connections.
+
 Hyper-parameter consistency (paper 2.4, B.1; method.md section 6): the
 search network can train with the re-training network's regularisers, as
 `network.NetworkCIFAR` applies them: an auxiliary head
@@ -26,18 +34,22 @@ from tf_amended_darts.nn.base import output_dtype_policy
 from tf_amended_darts.nn.batch_norm import BatchNorm
 from tf_amended_darts.nn.conv import Conv2D
 from tf_amended_darts.nn.linear import Linear
-from tf_amended_darts.nn.validate import check_bool, check_prob
-from tf_amended_darts.vision import derive
+from tf_amended_darts.nn.validate import check_bool, check_int, check_prob
+from tf_amended_darts.vision import derive, stochastic_paths
 from tf_amended_darts.vision import search_space as S
 from tf_amended_darts.vision.auxiliary import AuxiliaryHeadCIFAR
 from tf_amended_darts.vision.cells import SearchCell
+from tf_amended_darts.vision.stochastic_paths import StochasticPaths
 
-# Weight-file entry of the drop-path seed-generator state.
-SEED_STATE_KEY = "drop_path_seed"
+# Weight-file entries of the seed-generator states (re-exported).
+SEED_STATE_KEY = stochastic_paths.SEED_STATE_KEY
+SKIP_SEED_STATE_KEY = stochastic_paths.SKIP_SEED_STATE_KEY
+# Prefix of the node-normalised edge weights in `arch_weights` (PC-DARTS).
+EDGE_NORM_PREFIX = "edge_norm_"
 
 
 @keras.saving.register_keras_serializable(package="tf_amended_darts")
-class SearchNetwork(keras.Model):
+class SearchNetwork(StochasticPaths, keras.Model):
     """The DARTS super-network.
 
     Args:
@@ -72,6 +84,24 @@ class SearchNetwork(keras.Model):
             non-trainable variable, assignable as ``net.drop_path_prob = p``
             (`DropPathSchedule`). At 0 (default) no drop-path ops,
             variables or seed generator exist: the network is unchanged.
+        edge_operators: optional ``{arch key: per-edge operator lists}``
+            for every key of `arch_keys`: edge ``e`` of the key's cells
+            mixes its own operators (all edges the same number k, a subset
+            of ``operators`` each); its alphas have shape ``(edges, k)``,
+            column ``j`` being the edge's ``j``-th operator. `arch_weights`
+            expands them to one column per entry of ``operators`` (zeros
+            for operators an edge lacks).
+        partial_channels: PC-DARTS' K (1: off): every edge runs its
+            operators on ``C // K`` channels (`PartialChannelEdge`).
+        edge_normalization: PC-DARTS' betas: one logit per edge and arch
+            key (``edge_beta_<key>``, in ``arch_variables``), softmaxed per
+            node over its input edges; each edge's output is multiplied by
+            its weight.
+        skip_dropout_prob: initial P-DARTS dropout rate on stride-1
+            ``skip_connect`` in [0, 1); above 0 it is built in, as a
+            non-trainable variable assignable as
+            ``net.skip_dropout_prob = p`` (a schedule), with its own seed
+            generator.
         **kwargs: passed to `keras.Model`.
 
     Drop-path masks come from one `keras.random.SeedGenerator` of the
@@ -98,13 +128,25 @@ class SearchNetwork(keras.Model):
         seed=0,
         auxiliary=False,
         drop_path_prob=0.0,
+        edge_operators=None,
+        partial_channels=1,
+        edge_normalization=False,
+        skip_dropout_prob=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_bool("auxiliary", auxiliary)
+        check_bool("edge_normalization", edge_normalization)
+        check_int("partial_channels", partial_channels)
         drop_path_prob = check_prob("drop_path_prob", drop_path_prob)
+        skip_dropout_prob = check_prob("skip_dropout_prob", skip_dropout_prob)
         S.check_layout(edges)
         S.check_operators(operators)
+        if edge_normalization and edges == "searched" and stage == 1:
+            raise ValueError(
+                "`edge_normalization` does not combine with the pair logits "
+                "of `searched` stage 1 (both weigh a node's inputs)."
+            )
         if stage not in (1, 2):
             raise ValueError(f"Expected `stage` in (1, 2). Received: {stage}")
         if edges == "searched" and stage == 2 and node_inputs is None:
@@ -129,21 +171,10 @@ class SearchNetwork(keras.Model):
         self.reductions = S.reduction_indices(layers)
         self.auxiliary = auxiliary
         self.aux_index = 2 * layers // 3
-        # The constructor's value: whether drop-path is built in (config).
-        self.initial_drop_path_prob = drop_path_prob
-        self._drop_path_prob = None
-        self.drop_path_seed = None
-        if drop_path_prob > 0.0:
-            self._drop_path_prob = self.add_weight(
-                shape=(),
-                name="drop_path_prob",
-                trainable=False,
-                initializer=keras.initializers.Constant(drop_path_prob),
-                dtype="float32",
-            )
-            self.drop_path_seed = keras.random.SeedGenerator(
-                seed, name="drop_path_seed"
-            )
+        self.partial_channels = partial_channels
+        self.edge_normalization = edge_normalization
+        self.edge_operators = self._check_edge_operators(edge_operators)
+        self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
 
         c_curr = stem_multiplier * init_channels
         self.stem_conv = Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
@@ -164,6 +195,12 @@ class SearchNetwork(keras.Model):
                     reduction_prev,
                     multiplier,
                     self.pair_logits,
+                    edge_operators=(
+                        self.edge_operators[self.arch_key(i)]
+                        if self.edge_operators
+                        else None
+                    ),
+                    partial_channels=partial_channels,
                     name=f"cell_{i}",
                 )
             )
@@ -185,35 +222,49 @@ class SearchNetwork(keras.Model):
             dtype=output_dtype_policy(self.dtype_policy),
         )
 
-    # -- drop-path -------------------------------------------------------------
-
-    @property
-    def drop_path(self):
-        """Whether drop-path is built in (``drop_path_prob`` > 0 at init)."""
-        return self._drop_path_prob is not None
-
-    @property
-    def drop_path_prob(self):
-        """Current drop-path probability (a float; assignable)."""
-        if self._drop_path_prob is None:
-            return 0.0
-        # Shortest decimal that round-trips the float32 (0.1, not 0.100..1).
-        return float(str(kops.convert_to_numpy(self._drop_path_prob)))
-
-    @drop_path_prob.setter
-    def drop_path_prob(self, value):
-        value = check_prob("drop_path_prob", value)
-        if self._drop_path_prob is None:
-            if value == 0.0:
-                return
-            raise ValueError(
-                "This SearchNetwork was built without drop-path: pass "
-                "`drop_path_prob` > 0 to the constructor (the largest value "
-                f"a schedule will set). Received: drop_path_prob={value}"
-            )
-        self._drop_path_prob.assign(value)
-
     # -- structure -------------------------------------------------------------
+
+    def _check_edge_operators(self, edge_operators):
+        """``edge_operators`` as ``{key: [[op, ...] per edge]}``, checked."""
+        if edge_operators is None:
+            return None
+        keys = self.arch_keys()
+        if not isinstance(edge_operators, dict) or set(edge_operators) != set(
+            keys
+        ):
+            raise ValueError(
+                f"Expected `edge_operators` to map each of the arch keys "
+                f"{keys} to per-edge operator lists. Received: "
+                f"edge_operators={edge_operators!r}"
+            )
+        out = {}
+        for key in keys:
+            lists = [list(ops) for ops in edge_operators[key]]
+            expected = sum(map(len, self.cell_inputs(self._first_cell(key))))
+            lengths = {len(ops) for ops in lists}
+            if len(lists) != expected or len(lengths) != 1 or 0 in lengths:
+                raise ValueError(
+                    f"Expected `edge_operators[{key!r}]` to hold {expected} "
+                    "non-empty operator lists of one length. Received: "
+                    f"{lists!r}"
+                )
+            for ops in lists:
+                if len(set(ops)) != len(ops) or not set(ops) <= set(
+                    self.operators
+                ):
+                    raise ValueError(
+                        f"Expected the operators of each edge of "
+                        f"`edge_operators[{key!r}]` to be distinct names "
+                        f"from {self.operators}. Received: {ops!r}"
+                    )
+            out[key] = lists
+        return out
+
+    def num_edge_operators(self, key):
+        """Columns of the alphas of ``key`` (operators per edge)."""
+        if self.edge_operators:
+            return len(self.edge_operators[key][0])
+        return len(self.operators)
 
     def arch_key(self, i):
         """The architecture-parameter set cell ``i`` uses."""
@@ -246,16 +297,27 @@ class SearchNetwork(keras.Model):
         rng = np.random.default_rng(self.seed)
         self.alphas = {}
         self.betas = {}
+        self.edge_betas = {}
         for key in self.arch_keys():
             cell = self.cells[self._first_cell(key)]
             init = self.arch_init_scale * rng.standard_normal(
-                (cell.num_edges, len(self.operators))
+                (cell.num_edges, self.num_edge_operators(key))
             )
             self.alphas[key] = self.add_weight(
                 shape=init.shape,
                 name=f"alpha_{key}",
                 initializer=keras.initializers.Constant(init),
             )
+            if self.edge_normalization:
+                # PC-DARTS: betas start at 1e-3 * randn, as the alphas.
+                init = self.arch_init_scale * rng.standard_normal(
+                    (cell.num_edges,)
+                )
+                self.edge_betas[key] = self.add_weight(
+                    shape=init.shape,
+                    name=f"edge_beta_{key}",
+                    initializer=keras.initializers.Constant(init),
+                )
             if self.pair_logits:
                 n = S.num_pairs(self.steps)
                 init = self.arch_init_scale * rng.standard_normal((n,))
@@ -291,7 +353,11 @@ class SearchNetwork(keras.Model):
 
     @property
     def arch_variables(self):
-        return list(self.alphas.values()) + list(self.betas.values())
+        return (
+            list(self.alphas.values())
+            + list(self.betas.values())
+            + list(self.edge_betas.values())
+        )
 
     @property
     def weight_variables(self):
@@ -314,6 +380,17 @@ class SearchNetwork(keras.Model):
             start += len(pairs)
         return probs
 
+    def _node_sizes(self, key):
+        return [len(n) for n in self.cell_inputs(self._first_cell(key))]
+
+    def _edge_scales(self, key):
+        """PC-DARTS: softmax of the betas per node over its input edges."""
+        parts = kops.split(
+            self.edge_betas[key],
+            np.cumsum(self._node_sizes(key))[:-1].tolist(),
+        )
+        return kops.concatenate([kops.softmax(p) for p in parts], axis=0)
+
     def call(self, x, training=False):
         """Runs the super-network.
 
@@ -330,6 +407,11 @@ class SearchNetwork(keras.Model):
         if training and self.drop_path:
             drop_prob = kops.convert_to_tensor(self._drop_path_prob)
             seed = self.drop_path_seed
+        skip_prob, skip_seed = None, None
+        if training and self.skip_dropout:
+            skip_prob = kops.convert_to_tensor(self._skip_dropout_prob)
+            skip_seed = self.skip_dropout_seed
+        scales = {k: self._edge_scales(k) for k in self.edge_betas}
         s = self.stem_bn(self.stem_conv(x), training=training)
         s0 = s1 = s
         weights = {k: kops.softmax(a, axis=-1) for k, a in self.alphas.items()}
@@ -348,6 +430,9 @@ class SearchNetwork(keras.Model):
                 training=training,
                 drop_prob=drop_prob,
                 seed=seed,
+                edge_scales=scales.get(key),
+                skip_drop_prob=skip_prob,
+                skip_seed=skip_seed,
             )
             s0, s1 = s1, out
             if (
@@ -365,8 +450,24 @@ class SearchNetwork(keras.Model):
     # -- architecture readout --------------------------------------------------
 
     def arch_weights(self):
-        """``{key: softmax(alpha)}`` (and ``beta_<key>`` pair probabilities)."""
-        out = {k: _softmax(v.numpy()) for k, v in self.alphas.items()}
+        """``{key: softmax(alpha)}`` and the betas' probabilities.
+
+        Per-edge operator subsets (``edge_operators``) are expanded to one
+        column per entry of ``operators``, zero where an edge lacks the
+        operator. Pair probabilities (``searched`` stage 1) are under
+        ``beta_<key>``; the node-normalised edge weights of
+        ``edge_normalization`` under ``edge_norm_<key>``.
+        """
+        out = {
+            k: self._expand(k, _softmax(v.numpy()))
+            for k, v in self.alphas.items()
+        }
+        for k, v in self.edge_betas.items():
+            b = v.numpy()
+            parts = np.split(b, np.cumsum(self._node_sizes(k))[:-1])
+            out[EDGE_NORM_PREFIX + k] = np.concatenate(
+                [_softmax(p) for p in parts]
+            )
         for k, v in self.betas.items():
             b = v.numpy()
             start, parts = 0, []
@@ -375,6 +476,28 @@ class SearchNetwork(keras.Model):
                 start += len(pairs)
             out[f"beta_{k}"] = np.concatenate(parts)
         return out
+
+    def _expand(self, key, weights):
+        if not self.edge_operators:
+            return weights
+        full = np.zeros((len(weights), len(self.operators)), weights.dtype)
+        for e, ops in enumerate(self.edge_operators[key]):
+            for j, op in enumerate(ops):
+                full[e, self.operators.index(op)] = weights[e, j]
+        return full
+
+    def derivation_weights(self):
+        """The weights the genotype is derived from, per arch key.
+
+        ``arch_weights``, with each edge's row multiplied by its
+        node-normalised beta under ``edge_normalization`` (PC-DARTS
+        ``genotype``: the betas change which edges are kept, never the
+        operator chosen on an edge).
+        """
+        w = self.arch_weights()
+        for k in self.edge_betas:
+            w[k] = w[k] * w[EDGE_NORM_PREFIX + k][:, None]
+        return w
 
     def stage1_pairs(self):
         """``searched`` stage 1: each node's argmax pair, per key."""
@@ -389,7 +512,7 @@ class SearchNetwork(keras.Model):
 
     def genotype(self, metadata=None):
         """The discrete genotype by the DARTS rules for this layout."""
-        w = self.arch_weights()
+        w = self.derivation_weights()
         if self.edges == "pruned" or self.pair_logits:
             layout, inputs = "pruned", {}
             if self.pair_logits:
@@ -428,35 +551,6 @@ class SearchNetwork(keras.Model):
             metadata=metadata,
         )
 
-    # -- saving ---------------------------------------------------------------
-
-    def save_own_variables(self, store):
-        """Keras' own variables, plus the drop-path seed-generator state.
-
-        Keras weight files skip `keras.random.SeedGenerator` states; without
-        it a resumed search would draw other drop-path masks than an
-        uninterrupted one. Without drop-path nothing is added.
-        """
-        super().save_own_variables(store)
-        if self.drop_path_seed is not None:
-            store[SEED_STATE_KEY] = self.drop_path_seed.state
-
-    def load_own_variables(self, store):
-        if self.drop_path_seed is None:
-            super().load_own_variables(store)
-            return
-        own = self._trainable_variables + self._non_trainable_variables
-        expected = {str(i) for i in range(len(own))} | {SEED_STATE_KEY}
-        if set(store.keys()) != expected:
-            raise ValueError(
-                f"The weights hold the entries {sorted(store.keys())}; this "
-                f"SearchNetwork (with drop-path) expects {sorted(expected)}. "
-                "They come from another network."
-            )
-        for i, v in enumerate(own):
-            v.assign(store[str(i)])
-        self.drop_path_seed.state.assign(store[SEED_STATE_KEY])
-
     def get_config(self):
         """The constructor arguments.
 
@@ -481,6 +575,10 @@ class SearchNetwork(keras.Model):
             seed=self.seed,
             auxiliary=self.auxiliary,
             drop_path_prob=self.initial_drop_path_prob,
+            edge_operators=self.edge_operators,
+            partial_channels=self.partial_channels,
+            edge_normalization=self.edge_normalization,
+            skip_dropout_prob=self.initial_skip_dropout_prob,
         )
         return config
 
