@@ -56,6 +56,17 @@ if variant != "current":
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     bilevel.amended_product_exact = getattr(mod, variant)
+if os.environ.get("NO_STACK"):  # ops keep no Python stack trace
+    from tensorflow.python.framework import ops as tf_ops
+
+    _extract = tf_ops.tf_stack.extract_stack
+
+    class _NoStack:
+        @staticmethod
+        def extract_stack(stacklevel=1):
+            return _extract(stacklevel=10_000)
+
+    tf_ops.tf_stack = _NoStack
 step, data = search_step(arch, hvp, layers, C, size, batch)
 gc.collect()
 r0 = rss()

@@ -256,6 +256,23 @@ def test_products_equal_explicit_hessian_on_nonlinear_model(seed):
         rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_over_reverse_products_equal_explicit_hessian(seed):
+    # `hvp_forward` / `mixed_forward`: a forward accumulator over one
+    # reverse pass, against the explicit H and D blocks.
+    net = SmallNet(seed)
+    train_loss, _, w, a = net.problem()
+    h, d = tf.function(lambda: _explicit(train_loss, w, a))()
+    v = [tf.constant(np.random.default_rng(9).normal(size=x.shape), DT)
+         for x in w]
+    hv = tf.function(lambda: bilevel.hvp_forward(train_loss, w, a, v))()
+    du = tf.function(lambda: bilevel.mixed_forward(train_loss, w, a, v))()
+    np.testing.assert_allclose(_flat(hv), tf.linalg.matvec(h, _flat(v)),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_flat(du), tf.linalg.matvec(d, _flat(v)),
+                               rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("hvp,rtol", [("exact", 1e-10),
                                       ("finite_difference", 1e-4)])
 def test_second_order_equals_autodiff_through_unroll(hvp, rtol):

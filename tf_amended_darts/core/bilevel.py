@@ -159,6 +159,33 @@ def amended_product_exact(loss_fn: LossFn, w, a, v, reduce_mean=_identity):
     return hv, _zeros_for_none(dhv, a)
 
 
+def _accumulated(loss_fn, w, a, tangent, sources):
+    """``d/de grad_sources L(w + e tangent, a)`` at ``e = 0``: one forward
+    and one backward pass under a forward accumulator."""
+    with tf.autodiff.ForwardAccumulator(list(w), list(tangent)) as acc:
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            loss = loss_fn(w, a)
+        grads = _zeros_for_none(tape.gradient(loss, list(sources)), sources)
+    return _zeros_for_none([acc.jvp(g) for g in grads], sources)
+
+
+def hvp_forward(loss_fn: LossFn, w, a, v):
+    """``H . v`` forward-over-reverse: the JVP of ``grad_w L`` along ``v``.
+
+    A forward accumulator carries the tangents through the forward pass
+    and the backward pass that computes ``grad_w L``; nothing of the
+    backward pass is kept for a second backward pass.
+    """
+    return _accumulated(loss_fn, w, a, v, w)
+
+
+def mixed_forward(loss_fn: LossFn, w, a, u):
+    """``D . u`` forward-over-reverse: the JVP of ``grad_a L`` along ``u``
+    (a weight-space direction)."""
+    return _accumulated(loss_fn, w, a, u, a)
+
+
 def _fd_epsilon(vector):
     return hparams.FD_EPSILON_SCALE / global_norm(vector)
 
