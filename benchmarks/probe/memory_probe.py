@@ -7,7 +7,8 @@ Prints one JSON line: graph nodes (as_graph_def), trace seconds, RSS after
 building / tracing / first execution, peak RSS, second-step seconds.
 VARIANT names a function of variants.py that replaces
 `bilevel.amended_product_exact` (alternatives measured, not kept).
-TRACEMALLOC=1 also reports Python allocations during tracing.
+TRACEMALLOC=1 also reports Python allocations during tracing;
+RECOMPUTE_CELLS=1 builds the supernet with ``recompute_cells=True``.
 """
 
 import gc
@@ -67,10 +68,12 @@ if os.environ.get("NO_STACK"):  # ops keep no Python stack trace
             return _extract(stacklevel=10_000)
 
     tf_ops.tf_stack = _NoStack
-step, data = search_step(arch, hvp, layers, C, size, batch)
+recompute = os.environ.get("RECOMPUTE_CELLS") == "1"
+step, data = search_step(arch, hvp, layers, C, size, batch, recompute=recompute)
 gc.collect()
 r0 = rss()
 out = {"variant": variant, "arch": arch, "hvp": hvp, "rss_built": r0}
+out["recompute_cells"] = recompute
 if tm:
     import tracemalloc
 
