@@ -8,7 +8,7 @@ building / tracing / first execution, peak RSS, second-step seconds.
 VARIANT names a function of variants.py that replaces
 `bilevel.amended_product_exact` (alternatives measured, not kept).
 TRACEMALLOC=1 also reports Python allocations during tracing;
-RECOMPUTE_CELLS=1 builds the supernet with ``recompute_cells=True``.
+RECOMPUTE_CELLS=1 recomputes the cells (recompute_cells.py).
 """
 
 import gc

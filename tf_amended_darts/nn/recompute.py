@@ -15,9 +15,17 @@ tape, which then keeps the recomputed activations for the double backward
 
 Values are those of the plain block (the same ops run on the same
 inputs); tests/nn/test_recompute.py checks ``H v`` and ``D H v`` against
-explicit Hessians in float64. Third and higher derivatives through a
-recomputed block are not supported (the second-level gradient is not
-itself recorded for a further tape).
+explicit Hessians in float64. Each recomputation waits (control
+dependency) for the gradient it serves.
+
+Measured, not used by the package (issue 13, NOTES_memory.md
+"Recomputation"): recomputing the supernet's cells in the amended exact
+step (benchmarks/probe/recompute_cells.py) nearly doubles the graph and
+raises the 3-cell probe's peak RSS (9.8 GB against 8.1 GB).
+
+Third and higher derivatives through a recomputed block are not
+supported (the second-level gradient is not itself recorded for a
+further tape).
 """
 
 import tensorflow as tf

@@ -24,10 +24,8 @@ from keras import ops as kops
 from tf_amended_darts.core import hparams
 from tf_amended_darts.nn.base import output_dtype_policy
 from tf_amended_darts.nn.batch_norm import BatchNorm
-from tf_amended_darts.nn.contexts import frozen_statistics, statistics_frozen
 from tf_amended_darts.nn.conv import Conv2D
 from tf_amended_darts.nn.linear import Linear
-from tf_amended_darts.nn.recompute import recompute
 from tf_amended_darts.nn.validate import check_bool, check_prob
 from tf_amended_darts.vision import derive
 from tf_amended_darts.vision import search_space as S
@@ -100,19 +98,11 @@ class SearchNetwork(keras.Model):
         seed=0,
         auxiliary=False,
         drop_path_prob=0.0,
-        recompute_cells=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_bool("auxiliary", auxiliary)
-        check_bool("recompute_cells", recompute_cells)
         drop_path_prob = check_prob("drop_path_prob", drop_path_prob)
-        if recompute_cells and drop_path_prob > 0.0:
-            raise ValueError(
-                "`recompute_cells=True` does not support drop-path (the "
-                "recomputed cells would draw other masks). Received: "
-                f"drop_path_prob={drop_path_prob}; use 0."
-            )
         S.check_layout(edges)
         S.check_operators(operators)
         if stage not in (1, 2):
@@ -135,7 +125,6 @@ class SearchNetwork(keras.Model):
         self.stem_multiplier = stem_multiplier
         self.arch_init_scale = arch_init_scale
         self.seed = seed
-        self.recompute_cells = recompute_cells
         self.pair_logits = edges == "searched" and stage == 1
         self.reductions = S.reduction_indices(layers)
         self.auxiliary = auxiliary
@@ -352,19 +341,14 @@ class SearchNetwork(keras.Model):
         aux_logits = None
         for i, cell in enumerate(self.cells):
             key = self.arch_key(i)
-            if self.recompute_cells and training and statistics_frozen():
-                out = _recomputed_cell(
-                    cell, s0, s1, weights[key], pairs.get(key)
-                )
-            else:
-                out = cell(
-                    (s0, s1),
-                    weights[key],
-                    pairs.get(key),
-                    training=training,
-                    drop_prob=drop_prob,
-                    seed=seed,
-                )
+            out = cell(
+                (s0, s1),
+                weights[key],
+                pairs.get(key),
+                training=training,
+                drop_prob=drop_prob,
+                seed=seed,
+            )
             s0, s1 = s1, out
             if (
                 i == self.aux_index
@@ -397,7 +381,8 @@ class SearchNetwork(keras.Model):
         w = self.arch_weights()
         return {
             k: [
-                list(p) for p in derive.derive_pairs(w[f"beta_{k}"], self.steps)
+                list(p)
+                for p in derive.derive_pairs(w[f"beta_{k}"], self.steps)
             ]
             for k in self.betas
         }
@@ -496,33 +481,8 @@ class SearchNetwork(keras.Model):
             seed=self.seed,
             auxiliary=self.auxiliary,
             drop_path_prob=self.initial_drop_path_prob,
-            recompute_cells=self.recompute_cells,
         )
         return config
-
-
-def _recomputed_cell(cell, s0, s1, edge_weights, pair_weights):
-    """``cell((s0, s1), ...)`` in training mode with frozen statistics,
-    recomputed for its derivatives. The cell's variable values (those of an
-    enclosing `stateless_call`, if any) are explicit inputs, so that the
-    derivatives reach them; the recomputation maps them back in its own
-    `keras.StatelessScope`."""
-    variables = list(cell.variables)
-    values = [kops.convert_to_tensor(v.value) for v in variables]
-    pairs = list(pair_weights) if pair_weights is not None else []
-    n = 3 + len(pairs)
-
-    def fn(xs):
-        mapping = list(zip(variables, xs[n:], strict=True))
-        with keras.StatelessScope(state_mapping=mapping), frozen_statistics():
-            return cell(
-                (xs[0], xs[1]),
-                xs[2],
-                xs[3:n] if pairs else None,
-                training=True,
-            )
-
-    return recompute(fn, [s0, s1, edge_weights, *pairs, *values])
 
 
 def _softmax(x):
