@@ -234,6 +234,9 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         waits.append(wait)
         totals.append(wait + run)
     sec = statistics.median(totals)
+    # after the timed steps: counting walks the whole graph
+    nodes = len(step.get_concrete_function(first_pair).graph.as_graph_def()
+                .node)
     return {
         "arch_grad": arch_grad, "hvp": hvp, "batch": batch, "data": data,
         "first_step_s": first, "trace_s": trace, "sec_per_step": sec,
@@ -241,7 +244,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "input_s": statistics.median(waits),
         "input_share": sum(waits) / sum(totals),
         "rss_built_mb": rss_built, "rss_traced_mb": rss_traced,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "graph_nodes": nodes,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
         "dtype_policy": dtype_policy,
         "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",

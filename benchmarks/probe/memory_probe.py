@@ -7,7 +7,8 @@ Prints one JSON line: graph nodes (as_graph_def), trace seconds, RSS after
 building / tracing / first execution, peak RSS, second-step seconds.
 VARIANT names a function of variants.py that replaces
 `bilevel.amended_product_exact` (alternatives measured, not kept).
-TRACEMALLOC=1 also reports Python allocations during tracing.
+TRACEMALLOC=1 also reports Python allocations during tracing;
+RECOMPUTE_CELLS=1 recomputes the cells (recompute_cells.py).
 """
 
 import gc
@@ -56,10 +57,23 @@ if variant != "current":
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     bilevel.amended_product_exact = getattr(mod, variant)
-step, data = search_step(arch, hvp, layers, C, size, batch)
+if os.environ.get("NO_STACK"):  # ops keep no Python stack trace
+    from tensorflow.python.framework import ops as tf_ops
+
+    _extract = tf_ops.tf_stack.extract_stack
+
+    class _NoStack:
+        @staticmethod
+        def extract_stack(stacklevel=1):
+            return _extract(stacklevel=10_000)
+
+    tf_ops.tf_stack = _NoStack
+recompute = os.environ.get("RECOMPUTE_CELLS") == "1"
+step, data = search_step(arch, hvp, layers, C, size, batch, recompute=recompute)
 gc.collect()
 r0 = rss()
 out = {"variant": variant, "arch": arch, "hvp": hvp, "rss_built": r0}
+out["recompute_cells"] = recompute
 if tm:
     import tracemalloc
 

@@ -87,3 +87,22 @@ def barrier(loss_fn, w, a, v, reduce_mean=_identity):
     dhv = outer.gradient(gw, list(a), output_gradients=seeds)
     del outer
     return hv, _zeros_for_none(dhv, a)
+
+
+def forward(loss_fn, w, a, v, reduce_mean=_identity):
+    """Forward-over-reverse for both products, the second pass held until
+    ``H v`` is complete (control dependencies on its inputs)."""
+    from tf_amended_darts.core.bilevel import hvp_forward, mixed_forward
+
+    hv = reduce_mean(hvp_forward(_ctrl_loss(loss_fn, v), w, a, v))
+    dhv = mixed_forward(_ctrl_loss(loss_fn, hv), w, a, hv)
+    return hv, dhv
+
+
+def forward_free(loss_fn, w, a, v, reduce_mean=_identity):
+    """Forward-over-reverse for both products, no control dependencies."""
+    from tf_amended_darts.core.bilevel import hvp_forward, mixed_forward
+
+    hv = reduce_mean(hvp_forward(loss_fn, w, a, v))
+    dhv = mixed_forward(loss_fn, w, a, hv)
+    return hv, dhv

@@ -95,10 +95,12 @@ def test_products_equal_closed_form(quad, hvp):
     v_np, u_np = rng.normal(size=NW), rng.normal(size=NW)
     v, u = _split(tf.constant(v_np), W_SHAPES), _split(tf.constant(u_np),
                                                        W_SHAPES)
-    hvp_fn = (bilevel.hvp_exact if hvp == "exact"
-              else bilevel.hvp_finite_difference)
-    mixed_fn = (bilevel.mixed_exact if hvp == "exact"
-                else bilevel.mixed_finite_difference)
+    hvp_fn, mixed_fn = {
+        "exact": (bilevel.hvp_exact, bilevel.mixed_exact),
+        "forward": (bilevel.hvp_forward, bilevel.mixed_forward),
+        "finite_difference": (bilevel.hvp_finite_difference,
+                              bilevel.mixed_finite_difference),
+    }[hvp]
     hv = _flat(_run(lambda: hvp_fn(quad.train_loss, w, a, v)))
     du = _flat(_run(lambda: mixed_fn(quad.train_loss, w, a, u)))
     np.testing.assert_allclose(hv, quad.A @ v_np, rtol=1e-9, atol=1e-9)
@@ -256,7 +258,24 @@ def test_products_equal_explicit_hessian_on_nonlinear_model(seed):
         rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("hvp,rtol", [("exact", 1e-10),
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_over_reverse_products_equal_explicit_hessian(seed):
+    # `hvp_forward` / `mixed_forward`: a forward accumulator over one
+    # reverse pass, against the explicit H and D blocks.
+    net = SmallNet(seed)
+    train_loss, _, w, a = net.problem()
+    h, d = tf.function(lambda: _explicit(train_loss, w, a))()
+    v = [tf.constant(np.random.default_rng(9).normal(size=x.shape), DT)
+         for x in w]
+    hv = tf.function(lambda: bilevel.hvp_forward(train_loss, w, a, v))()
+    du = tf.function(lambda: bilevel.mixed_forward(train_loss, w, a, v))()
+    np.testing.assert_allclose(_flat(hv), tf.linalg.matvec(h, _flat(v)),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_flat(du), tf.linalg.matvec(d, _flat(v)),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("hvp,rtol", [("exact", 1e-10), ("forward", 1e-10),
                                       ("finite_difference", 1e-4)])
 def test_second_order_equals_autodiff_through_unroll(hvp, rtol):
     net = SmallNet(3)
@@ -279,7 +298,7 @@ def test_second_order_equals_autodiff_through_unroll(hvp, rtol):
         (dict(arch_grad="amended", eta=-0.1), "--eta.*>= 0"),
         (dict(arch_grad="amended", eta="big"), "--eta"),
         (dict(arch_grad="amended", hvp="lanczos"),
-         "--hvp='lanczos'.*exact, finite_difference"),
+         "--hvp='lanczos'.*exact, finite_difference, forward"),
     ],
 )
 def test_bad_estimator_settings_are_named(kwargs, match):

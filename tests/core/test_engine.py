@@ -135,7 +135,7 @@ def test_two_steps_equal_hand_computed_sgd_and_adam():
                                    rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("hvp", ["exact", "finite_difference"])
+@pytest.mark.parametrize("hvp", ["exact", "finite_difference", "forward"])
 def test_amended_with_zero_eta_reproduces_first_order(hvp):
     net1, s1 = _search("first_order")
     net2, s2 = _search("amended", eta=0.0, hvp=hvp)
@@ -147,10 +147,12 @@ def test_amended_with_zero_eta_reproduces_first_order(hvp):
         np.testing.assert_array_equal(v1.numpy(), v2.numpy())
 
 
-@pytest.mark.parametrize("arch_grad", ["first_order", "second_order",
-                                       "amended"])
-def test_arch_step_leaves_batch_norm_statistics_alone(arch_grad):
-    net, search = _search(arch_grad, use_bn=True)
+@pytest.mark.parametrize("arch_grad,hvp", [
+    ("first_order", "exact"), ("second_order", "exact"),
+    ("amended", "exact"), ("second_order", "forward"), ("amended", "forward"),
+])
+def test_arch_step_leaves_batch_norm_statistics_alone(arch_grad, hvp):
+    net, search = _search(arch_grad, use_bn=True, hvp=hvp)
     before = [v.numpy().copy() for v in net.non_trainable_variables]
     batch = next(iter(_pairs(1)))
     tf.function(lambda b: search.arch_gradient(*b)[0].arch_grads)(batch)

@@ -145,3 +145,28 @@ def test_nothing_is_registered_globally():
     before = len(tf_ops._gradient_registry.list())
     tf.function(bilevel.amended_product_exact)(loss_fn, w, a, v)
     assert len(tf_ops._gradient_registry.list()) == before
+
+
+def _forward_products(normalize, seed, dtype):
+    """``(H v, D H v)`` forward-over-reverse (`bilevel.hvp_forward`,
+    `bilevel.mixed_forward`): the batch norm's JVPs (`_record`'s
+    ``forward``) are exercised here and nowhere else."""
+    loss_fn, w, a, v = _problem(normalize, seed, dtype)
+
+    @tf.function
+    def products(w, a, v):
+        hv = bilevel.hvp_forward(loss_fn, w, a, v)
+        return hv + bilevel.mixed_forward(loss_fn, w, a, hv)
+
+    return products(w, a, v)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_over_reverse_matches_autodiff_of_plain_formula(
+    seed, variant
+):
+    # oracle: double backward (reverse over reverse) of the plain formula
+    dtype, fused, rtol = VARIANTS[variant]
+    got = _forward_products(_subject(fused), seed, dtype)
+    assert _rel(got, _amended(_plain, seed, F64)) < rtol

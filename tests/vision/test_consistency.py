@@ -14,7 +14,10 @@ import pytest
 import tensorflow as tf
 
 from tf_amended_darts.core import engine
-from tf_amended_darts.core.checkpoint import EpochCheckpointer
+from tf_amended_darts.core.checkpoint import (
+    CheckpointMismatchError,
+    EpochCheckpointer,
+)
 from tf_amended_darts.nn.drop_path import DropPathSchedule
 from tf_amended_darts.vision import auxiliary
 from tf_amended_darts.vision import network as N
@@ -278,7 +281,7 @@ def test_checkpoint_restores_seed_state_and_probability(tmp_path):
     plain = _net(size=16, operators=OPS[::2])
     plain_wrapper = engine.BilevelSearch(plain, arch_grad="first_order")
     plain_wrapper.compile()
-    with pytest.raises(ValueError):
+    with pytest.raises(CheckpointMismatchError, match="does not fit"):
         EpochCheckpointer(plain_wrapper, str(tmp_path)).restore()
 
 

@@ -105,11 +105,25 @@ def _problem(operators, dtype="float64"):
     return search, search.functional_loss(x, y), w, a
 
 
-@pytest.mark.parametrize("operators", [
-    ("max_pool_3x3", "skip_connect", "sep_conv_3x3"),
-    pytest.param(S.DARTS_PRIMITIVES, marks=pytest.mark.slow),
+def _forward_products(loss, w, a, v):
+    """``(H v, D H v)`` forward-over-reverse (``--hvp=forward``)."""
+    hv = bilevel.hvp_forward(loss, w, a, v)
+    return hv, bilevel.mixed_forward(loss, w, a, hv)
+
+
+@pytest.mark.parametrize("operators,product", [
+    (("max_pool_3x3", "skip_connect", "sep_conv_3x3"),
+     bilevel.amended_product_exact),
+    pytest.param(S.DARTS_PRIMITIVES, bilevel.amended_product_exact,
+                 marks=pytest.mark.slow),
+    # Tracing a forward accumulator through the supernet takes minutes.
+    pytest.param(("max_pool_3x3", "skip_connect", "sep_conv_3x3"),
+                 _forward_products, marks=pytest.mark.slow),
+    pytest.param(S.DARTS_PRIMITIVES, _forward_products,
+                 marks=pytest.mark.slow),
 ])
-def test_supernet_products_match_float64_central_differences(operators):
+def test_supernet_products_match_float64_central_differences(operators,
+                                                              product):
     # The network is piecewise smooth (ReLU, max pool): a difference step
     # that crosses a kink is meaningless, so the step is tiny (1e-6 on a
     # unit direction, float64) and directions are normalised.
@@ -120,7 +134,7 @@ def test_supernet_products_match_float64_central_differences(operators):
 
     @tf.function
     def products():
-        return bilevel.amended_product_exact(loss, w, a, v)
+        return product(loss, w, a, v)
 
     @tf.function
     def grads(ws):

@@ -26,9 +26,13 @@ Estimators (``--arch_grad``):
 * ``amended``: ``g1 - eta D . H . v``, all at the current ``w``.
 
 Products (``--hvp``): ``exact`` (nested tapes, one forward pass shared by
-``H . v`` and ``D . H v``) or ``finite_difference`` (central differences,
-``eps = 0.01 / ||vector||``, evaluated functionally at ``w +- eps vector``:
-weights are never perturbed in place, so nothing drifts).
+``H . v`` and ``D . H v``), ``forward`` (forward-over-reverse: a
+`tf.autodiff.ForwardAccumulator` over one forward and backward pass per
+product, the second pass held until the first is complete; exact like
+``exact``, with no tape of a backward pass kept) or ``finite_difference``
+(central differences, ``eps = 0.01 / ||vector||``, evaluated functionally
+at ``w +- eps vector``: weights are never perturbed in place, so nothing
+drifts).
 
 Cross-replica reduction: ``reduce_mean`` is applied to ``v`` and ``H . v``
 before they feed the next product, so the amended product is independent of
@@ -44,7 +48,7 @@ import tensorflow as tf
 from tf_amended_darts.core import hparams
 
 ARCH_GRADS = ("first_order", "second_order", "amended")
-HVP_MODES = ("exact", "finite_difference")
+HVP_MODES = ("exact", "finite_difference", "forward")
 
 LossFn = Callable[[Sequence[tf.Tensor], Sequence[tf.Tensor]], tf.Tensor]
 ReduceFn = Callable[[list], list]
@@ -158,6 +162,45 @@ def amended_product_exact(loss_fn: LossFn, w, a, v, reduce_mean=_identity):
     dhv = outer.gradient(gw, list(a), output_gradients=hv)
     del outer
     return hv, _zeros_for_none(dhv, a)
+
+
+def _accumulated(loss_fn, w, a, tangent, sources):
+    """``d/de grad_sources L(w + e tangent, a)`` at ``e = 0``: one forward
+    and one backward pass under a forward accumulator."""
+    with tf.autodiff.ForwardAccumulator(list(w), list(tangent)) as acc:
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            loss = loss_fn(w, a)
+        grads = _zeros_for_none(tape.gradient(loss, list(sources)), sources)
+    return _zeros_for_none([acc.jvp(g) for g in grads], sources)
+
+
+def _after(loss_fn: LossFn, deps) -> LossFn:
+    """`loss_fn` whose ops wait for `deps`: a pass that would otherwise
+    start beside the one computing `deps` (the TF executor runs
+    independent ops concurrently) holds no activations until then."""
+
+    def loss(w, a):
+        with tf.control_dependencies(list(deps)):
+            return loss_fn(w, a)
+
+    return loss
+
+
+def hvp_forward(loss_fn: LossFn, w, a, v):
+    """``H . v`` forward-over-reverse: the JVP of ``grad_w L`` along ``v``.
+
+    A forward accumulator carries the tangents through the forward pass
+    and the backward pass that computes ``grad_w L``; nothing of the
+    backward pass is kept for a second backward pass.
+    """
+    return _accumulated(loss_fn, w, a, v, w)
+
+
+def mixed_forward(loss_fn: LossFn, w, a, u):
+    """``D . u`` forward-over-reverse: the JVP of ``grad_a L`` along ``u``
+    (a weight-space direction)."""
+    return _accumulated(loss_fn, w, a, u, a)
 
 
 def _fd_epsilon(vector):
@@ -293,7 +336,7 @@ def estimate(
         w: current weight values (list of tensors).
         a: current architecture values (list of tensors).
         eta: amending coefficient (``amended`` only).
-        hvp: ``exact`` or ``finite_difference`` products.
+        hvp: one of `HVP_MODES`.
         virtual_step: required for ``second_order``.
         reduce_mean: cross-replica mean of a list of tensors; applied to the
             vectors that feed a product (``v``, ``H . v``). The returned
@@ -317,6 +360,9 @@ def estimate(
     v = reduce_mean(v)
     if hvp == "exact":
         _, dhv = amended_product_exact(train_loss, w, a, v, reduce_mean)
+    elif hvp == "forward":
+        hv = reduce_mean(hvp_forward(_after(train_loss, v), w, a, v))
+        dhv = mixed_forward(_after(train_loss, hv), w, a, hv)
     else:
         hv = reduce_mean(hvp_finite_difference(train_loss, w, a, v))
         dhv = mixed_finite_difference(train_loss, w, a, hv)
@@ -339,6 +385,12 @@ def _second_order(train_loss, val_loss, w, a, hvp, step, reduce_mean):
         loss, v, g1 = loss_and_grads(val_loss, w_virtual, a)
         v = reduce_mean(v)
         dv = _zeros_for_none(outer.gradient(gw, a, output_gradients=v), a)
+    elif hvp == "forward":
+        _, gw, _ = loss_and_grads(train_loss, w, a)
+        w_virtual = step.apply(w, reduce_mean(gw))
+        loss, v, g1 = loss_and_grads(val_loss, w_virtual, a)
+        v = reduce_mean(v)
+        dv = mixed_forward(_after(train_loss, v), w, a, v)
     else:
         _, gw, _ = loss_and_grads(train_loss, w, a)
         gw_mean = reduce_mean(gw)

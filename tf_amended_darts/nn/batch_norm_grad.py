@@ -105,12 +105,32 @@ def _formula_kernels(x, axes, epsilon):
     return normed, mean, variance, vjp
 
 
-def _record(kind, outputs, inputs, backward):
-    """Fresh tensors for `outputs`, recorded on the tapes as one op of
-    `inputs` whose VJP is `backward(*output_gradients)`."""
-    outputs = [tf.identity(t) for t in outputs]
-    _tape_record.record_operation(kind, outputs, list(inputs), backward)
+def _record(kind, outputs, inputs, backward, forward):
+    """Fresh tensors for `outputs`, recorded on the tapes and forward
+    accumulators as one op of `inputs` whose VJP is
+    ``backward(*output_gradients)`` and whose JVP is
+    ``forward(*input_tangents)``.
+
+    The fresh tensors are made with recording stopped: an accumulator keeps
+    the first tangent it computes for a tensor, so an identity recorded
+    first would hide ``forward``.
+    """
+    with _tape_record.stop_recording():
+        outputs = [tf.identity(t) for t in outputs]
+    _tape_record.record_operation(
+        kind, outputs, list(inputs), backward, forward
+    )
     return outputs
+
+
+def _unrecorded(fn, *args):
+    """``fn(*args)`` with no tape or accumulator recording its ops (the raw
+    kernels: every value that leaves `normalize_batch` is recorded with its
+    hand-written derivatives instead)."""
+    if not _recording():
+        return fn(*args)
+    with _tape_record.stop_recording():
+        return fn(*args)
 
 
 def _zero_if_none(gradient, like):
@@ -127,10 +147,10 @@ def normalize_batch(x, axes, epsilon, fused=None):
     made batch norm ~3/4 of the supernet's amended-step graph (363 nodes
     for the amended product through one batch norm;
     tests/vision/test_graph_size.py has the count now). The derivatives are
-    recorded on every active tape with ``record_operation``, as eager
-    ``tf.custom_gradient`` does: nothing is registered globally (graph-mode
-    ``tf.custom_gradient`` registers a new gradient function per call, which
-    keeps every traced graph alive).
+    recorded on every active tape and forward accumulator with
+    ``record_operation``, as eager ``tf.custom_gradient`` does: nothing is
+    registered globally (graph-mode ``tf.custom_gradient`` registers a new
+    gradient function per call, which keeps every traced graph alive).
 
     Recorded ops, each with its VJP written from recorded tensors, so that
     derivatives of any order are exact (``G(x, g)`` is the VJP of the
@@ -149,6 +169,13 @@ def normalize_batch(x, axes, epsilon, fused=None):
       no tape records, so the first- and second-order graphs carry none of
       this.
 
+    Each recorded op also has its JVP, for forward-over-reverse products
+    (`tf.autodiff.ForwardAccumulator` around a tape, `bilevel.hvp_forward`):
+    the batch norm's Jacobian is symmetric, and so is the x-Jacobian of
+    ``G(x, g)`` (a Hessian of ``<g, n(x)>``), so each JVP is its VJP's
+    parts applied to the tangents. The raw kernels run with recording
+    stopped, so no tape or accumulator differentiates them.
+
     The values come from TensorFlow's fused kernels (``fused``, default for
     float32: FusedBatchNormV3 / FusedBatchNormGradV3, which oneDNN runs in
     one or two sweeps over the tensor where the formula takes six or seven;
@@ -157,7 +184,7 @@ def normalize_batch(x, axes, epsilon, fused=None):
     oracles check them against autodiff of the plain formula and the fused
     kernels against the float64 formula (tests/nn/test_products_bn.py). The
     returned statistics are for the moving averages and carry no
-    derivatives (`tf.stop_gradient`).
+    derivatives (they are computed unrecorded).
 
     Args:
         x: a 4D NHWC tensor (any rank without ``fused``).
@@ -170,20 +197,22 @@ def normalize_batch(x, axes, epsilon, fused=None):
     epsilon = float(epsilon)
     count = _count_per_channel(x)
     if fused:
-        normed, mean, variance, vjp_values = _fused_kernels(
-            x, epsilon, count
-        )
+        kernels = lambda: _fused_kernels(x, epsilon, count)  # noqa: E731
     else:
-        normed, mean, variance, vjp_values = _formula_kernels(
-            x, axes, epsilon
-        )
+        kernels = lambda: _formula_kernels(x, axes, epsilon)  # noqa: E731
+    # Unrecorded: the statistics carry no derivatives (they are for the
+    # moving averages), the output gets the hand-written ones below.
+    normed, mean, variance, vjp_values = _unrecorded(kernels)
     if not _recording():
         return normed, mean, variance  # no tape: nothing to record
-    # The statistics are for the moving averages: no derivatives.
-    mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
     if isinstance(count, int):
         count = graph_constant(float(count), x.dtype)
     eps = graph_constant(epsilon, x.dtype)
+    # The recorded output once it exists. A forward accumulator calls a JVP
+    # while its op is being recorded, before the recorded tensors exist:
+    # JVPs read the unrecorded values (equal, and first order is all they
+    # need), VJPs (run later) the recorded ones.
+    recorded = {"out": normed}
 
     def scale():
         """``s``, made only by the second derivative (which needs it);
@@ -192,48 +221,89 @@ def normalize_batch(x, axes, epsilon, fused=None):
             return tf.math.rsqrt(variance + eps)
 
         def variance_vjp(z):
-            return [2.0 * z * out / (recorded * count)]
+            return [2.0 * z * recorded["out"] / (s * count)]
 
-        (var,) = _record("BatchNormVariance", [variance], [x], variance_vjp)
-        recorded = tf.math.rsqrt(var + eps)
-        return recorded
+        def variance_jvp(x_dot):
+            # d var = 2 mean(c x_dot) = 2 mean(n x_dot) / s
+            deviation = tf.sqrt(variance + eps)
+            return [
+                2.0 * tf.reduce_mean(recorded["out"] * x_dot, axes)
+                * deviation
+            ]
+
+        (var,) = _record(
+            "BatchNormVariance", [variance], [x], variance_vjp, variance_jvp
+        )
+        s = tf.math.rsqrt(var + eps)
+        return s
 
     def vjp(g, means=False):
         """``G(x, g)``, recorded under a tape; with ``means`` also
         ``(mean g, mean(g n))``, recorded alike."""
-        gx, mean_g, mean_gn = vjp_values(g)
+        gx, mean_g, mean_gn = _unrecorded(vjp_values, g)
         if not _recording():
             return (gx, mean_g, mean_gn) if means else gx
+        this = {"gx": gx}  # the recorded G(x, g) once it exists
 
         def recorded_means():
             def means_vjp(z_g, z_gn):
                 z_g = _zero_if_none(z_g, mean_g)
                 z_gn = _zero_if_none(z_gn, mean_gn)
-                return [z_gn * gx_out / count, (z_g + z_gn * out) / count]
+                out = recorded["out"]
+                return [z_gn * this["gx"] / count, (z_g + z_gn * out) / count]
+
+            def means_jvp(x_dot, g_dot):
+                # the transpose of means_vjp
+                return [
+                    tf.reduce_mean(g_dot, axes),
+                    tf.reduce_mean(
+                        g_dot * recorded["out"] + x_dot * this["gx"], axes
+                    ),
+                ]
 
             if not _recording():
                 return mean_g, mean_gn
             return _record(
-                "BatchNormVJPMeans", [mean_g, mean_gn], [x, g], means_vjp
+                "BatchNormVJPMeans", [mean_g, mean_gn], [x, g], means_vjp,
+                means_jvp,
             )
 
-        def second(xi):
-            # Runs in a backward pass: anything recorded here is for a
-            # tape still active, i.e. for a third derivative.
+        def curvature(xi):
+            """``(dPhi/dx, dPhi/dg)`` of ``Phi = <xi, G(x, g)>``."""
             s = scale()
             m_g, m_gn = recorded_means()
             g_xi, m_xi, m_xin = vjp(xi, means=True)
             m_xig = tf.reduce_mean(xi * g, axes)
             coef = s * s * (m_xig - m_xi * m_g - m_xin * m_gn)
-            dx = -(out * coef) - s * (m_gn * g_xi + m_xin * gx_out)
+            dx = -(recorded["out"] * coef) - s * (
+                m_gn * g_xi + m_xin * this["gx"]
+            )
             return [dx, g_xi]
 
-        (gx_out,) = _record("BatchNormVJP", [gx], [x, g], second)
-        return (gx_out,) + tuple(recorded_means()) if means else gx_out
+        def second(xi):
+            # Runs in a backward pass: anything recorded here is for a
+            # tape still active, i.e. for a third derivative.
+            return curvature(xi)
 
-    (out,) = _record("BatchNormTraining", [normed], [x],
-                     lambda g: [vjp(g)])
-    return out, mean, variance
+        def second_jvp(x_dot, g_dot):
+            # G(x, g) is the gradient of <g, n(x)>: its x-Jacobian is a
+            # Hessian (symmetric), its g-Jacobian the batch norm's
+            # (symmetric), so the JVP is the VJP's two parts summed.
+            return [curvature(x_dot)[0] + vjp(g_dot)]
+
+        (this["gx"],) = _record(
+            "BatchNormVJP", [gx], [x, g], second, second_jvp
+        )
+        if means:
+            return (this["gx"],) + tuple(recorded_means())
+        return this["gx"]
+
+    (recorded["out"],) = _record(
+        "BatchNormTraining", [normed], [x], lambda g: [vjp(g)],
+        # the Jacobian is symmetric: the JVP is the VJP
+        lambda x_dot: [vjp(x_dot)],
+    )
+    return recorded["out"], mean, variance
 
 
 def _recording():

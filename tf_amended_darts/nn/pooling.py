@@ -122,8 +122,11 @@ class MaxPool2D(_Pool2D):
         if pads is not None:
             x = pad_hw(x, pads, constant=x.dtype.min)
         ksize, strides = self._window()
+        # The arg-max positions carry no derivative; without the stop a
+        # forward accumulator (forward-over-reverse products) would ask for
+        # the second derivative of MaxPoolWithArgmax, which TF lacks.
         _, argmax = tf.raw_ops.MaxPoolWithArgmax(
-            input=x,
+            input=tf.stop_gradient(x),
             ksize=ksize,
             strides=strides,
             padding=padding,

@@ -1,0 +1,60 @@
+"""Graph-size bound of the S1 amended search step (issue 13).
+
+The amended exact step's memory is its graph (about 20 KB of RSS per node
+while tracing and at the first execution: benchmarks/s1_cpu.md) plus the
+activations the nested passes keep. Node counts are deterministic and do
+not depend on the batch, so this test traces the S1 step (8 cells, C = 16,
+32x32, the search's `BilevelSearch.train_step`) at batch 2 and fails when
+its node count grows past the stated bound: a change that brings back
+batch norm's autodiff derivatives, per-call constants or a second copy of
+a pass shows up here before it shows up as memory. Tracing only (no
+execution): minutes on 2 shared cores, so slow-marked.
+
+Counted as `len(graph.as_graph_def().node)` of the traced step's concrete
+function, TensorFlow 2.21 / Keras 3.15.1, Grappler irrelevant (tracing).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_amended_darts.core import engine
+from tf_amended_darts.vision.supernet import SearchNetwork
+
+S1 = {"layers": 8, "init_channels": 16, "size": 32}
+BATCH = 2
+
+# (arch_grad, hvp): limit, with the count measured on the commit that set it
+# (benchmarks/s1_cpu.md section 7):
+LIMITS = {
+    ("amended", "exact"): 285_000,  # 268,353 at 14cff42 (TF 2.21)
+}
+
+
+def s1_step_nodes(arch_grad, hvp):
+    """Graph nodes of the traced S1 search step at batch `BATCH`."""
+    net = SearchNetwork(10, layers=S1["layers"],
+                        init_channels=S1["init_channels"])
+    size = S1["size"]
+    net.build((None, size, size, 3))
+    search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
+    search.compile()
+    rng = np.random.default_rng(0)
+
+    def batch():
+        return (
+            tf.constant(rng.normal(size=(BATCH, size, size, 3)), tf.float32),
+            tf.constant(rng.integers(0, 10, BATCH), tf.int32),
+        )
+
+    step = tf.function(search.train_step)
+    graph = step.get_concrete_function((batch(), batch())).graph
+    return len(graph.as_graph_def().node)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch_grad,hvp", sorted(LIMITS))
+def test_s1_search_step_graph_size(arch_grad, hvp):
+    nodes = s1_step_nodes(arch_grad, hvp)
+    print(f"S1 {arch_grad} {hvp} step: {nodes} nodes")
+    assert nodes <= LIMITS[arch_grad, hvp]
