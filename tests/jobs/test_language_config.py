@@ -41,6 +41,13 @@ def test_search_takes_the_reference_values_unless_given():
     assert (c.batch_size, c.eta, c.dropoute) == (32, 0.3, 0.05)
 
 
+def test_forward_over_reverse_products_are_refused_for_ptb():
+    with pytest.raises(ValueError, match="--hvp='forward'.*finite_difference"):
+        LC.search_from_flags(_search_flags(["--hvp=forward"]))
+    c = LC.search_from_flags(_search_flags(["--hvp=finite_difference"]))
+    assert c.hvp == "finite_difference"
+
+
 def test_consistency_brings_the_evaluation_regularisers():
     c = LC.search_from_flags(_search_flags(["--consistency"]))
     assert c.weight_decay == 8e-7 and c.dropoute == 0.1

@@ -94,6 +94,9 @@ VISION_ONLY_TRAIN = (
 )
 
 
+LANGUAGE_HVP_MODES = ("exact", "finite_difference")
+
+
 def _fail(flag, accepted, value):
     raise ValueError(
         f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
@@ -243,6 +246,10 @@ class LanguageSearchConfig:
                 object.__setattr__(self, name, value)
         _check_common(self)
         bilevel.validate_estimator(self.arch_grad, self.eta, self.hvp)
+        if self.hvp not in LANGUAGE_HVP_MODES:
+            # forward-over-reverse is verified on the CNN supernet only.
+            _fail("hvp", " or ".join(LANGUAGE_HVP_MODES) + " under --task=ptb",
+                  self.hvp)
         if self.nodes < 1:
             _fail("nodes", "an integer >= 1 (intermediate nodes)", self.nodes)
         for name in ("weight_lr", "arch_lr"):
