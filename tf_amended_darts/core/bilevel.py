@@ -387,7 +387,8 @@ def _second_order(train_loss, val_loss, w, a, hvp, step, reduce_mean):
         dv = _zeros_for_none(outer.gradient(gw, a, output_gradients=v), a)
     elif hvp == "forward":
         _, gw, _ = loss_and_grads(train_loss, w, a)
-        w_virtual = step.apply(w, reduce_mean(gw))
+        gw_mean = reduce_mean(gw)
+        w_virtual = step.apply(w, gw_mean)
         loss, v, g1 = loss_and_grads(val_loss, w_virtual, a)
         v = reduce_mean(v)
         dv = mixed_forward(_after(train_loss, v), w, a, v)
