@@ -18,6 +18,7 @@ import json
 from absl import flags
 
 from tf_amended_darts.core import hessian_eigen
+from tf_amended_darts.jobs.errors import fail as _fail
 
 EARLY_STOP_MODES = ("none", "es", "ada")
 
@@ -129,12 +130,6 @@ def _floats(flag, values):
     except (TypeError, ValueError):
         _fail(flag, "a comma-separated list of numbers", values)
     return out
-
-
-def _fail(flag, accepted, value):
-    raise ValueError(
-        f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
-    )
 
 
 @dataclasses.dataclass(frozen=True)

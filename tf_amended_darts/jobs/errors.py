@@ -52,6 +52,17 @@ class UsageError(ValueError):
     """A command line the project rejects (exit status 2)."""
 
 
+def fail(flag, accepted, value):
+    """Raises the ValueError of an invalid ``--flag=value``.
+
+    The message names the flag, the value and the accepted values (the
+    launchers' configs raise it; inside `usage` it becomes a `UsageError`).
+    """
+    raise ValueError(
+        f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
+    )
+
+
 @contextlib.contextmanager
 def usage():
     """Within it, a ValueError the project raises is a `UsageError`.

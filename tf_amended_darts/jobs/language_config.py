@@ -27,6 +27,7 @@ import json
 from absl import flags
 
 from tf_amended_darts.core import bilevel, hparams
+from tf_amended_darts.jobs.errors import fail as _fail
 from tf_amended_darts.language import asgd, corpus, space
 
 TASKS = ("vision", "ptb")
@@ -95,12 +96,6 @@ VISION_ONLY_TRAIN = (
 
 
 LANGUAGE_HVP_MODES = ("exact", "finite_difference")
-
-
-def _fail(flag, accepted, value):
-    raise ValueError(
-        f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
-    )
 
 
 def define_task_flag(fv=flags.FLAGS):

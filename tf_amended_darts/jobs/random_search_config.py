@@ -20,6 +20,7 @@ from absl import flags
 
 from tf_amended_darts.core import hparams
 from tf_amended_darts.jobs import retrain_config as R
+from tf_amended_darts.jobs.errors import fail as _fail
 from tf_amended_darts.vision import data, network
 from tf_amended_darts.vision import search_space as S
 
@@ -115,12 +116,6 @@ class RandomSearchConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-
-def _fail(flag, accepted, value):
-    raise ValueError(
-        f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
-    )
 
 
 def validate(c):

@@ -14,6 +14,7 @@ import json
 from absl import flags
 
 from tf_amended_darts.core import distribute, hparams
+from tf_amended_darts.jobs.errors import fail as _fail
 from tf_amended_darts.nn.drop_path import DROP_PATH_PROB
 from tf_amended_darts.vision import data, network
 from tf_amended_darts.vision import genotype as G
@@ -281,12 +282,6 @@ class RetrainConfig:
             raise ValueError(f"Unknown re-training config keys: {unknown}")
         values["seeds"] = tuple(values.get("seeds") or ())
         return cls(**values)
-
-
-def _fail(flag, accepted, value):
-    raise ValueError(
-        f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
-    )
 
 
 def _load_genotype(value):

@@ -24,6 +24,7 @@ from absl import flags
 from tf_amended_darts.core import bilevel, distribute, fidelity, hparams
 from tf_amended_darts.jobs import precision
 from tf_amended_darts.jobs import retrain_config as R
+from tf_amended_darts.jobs.errors import fail as _fail
 from tf_amended_darts.nn.drop_path import DROP_PATH_PROB
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import network as N
@@ -368,12 +369,6 @@ class SearchConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-
-def _fail(flag, accepted, value):
-    raise ValueError(
-        f"Invalid --{flag}={value!r}. Accepted values: {accepted}."
-    )
 
 
 def validate(c):
