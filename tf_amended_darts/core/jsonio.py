@@ -128,3 +128,22 @@ def parse(text: str, what: str = "JSON"):
         return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as error:
         raise ValueError(f"Malformed {what}: {error}") from error
+
+
+def metadata_copy(metadata) -> dict:
+    """A private deep copy of a genotype's ``metadata``.
+
+    Raises:
+        ValueError: naming ``metadata`` unless it is a mapping with string
+            keys and JSON-serialisable values (the copy proves the latter).
+    """
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) for k in metadata
+    ):
+        raise invalid("metadata", "a mapping with string keys", metadata)
+    try:
+        return json.loads(json.dumps(dict(metadata)))
+    except (TypeError, ValueError) as error:
+        raise invalid(
+            "metadata", "JSON-serialisable values", metadata
+        ) from error

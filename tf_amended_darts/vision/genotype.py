@@ -208,19 +208,9 @@ class Genotype:
                 )
             object.__setattr__(self, "cells", tuple(self.cells))
         if self.metadata is not None:
-            if not isinstance(self.metadata, Mapping) or not all(
-                isinstance(k, str) for k in self.metadata
-            ):
-                raise invalid(
-                    "metadata", "a mapping with string keys", self.metadata
-                )
-            try:  # A private deep copy; also proves it is JSON data.
-                copy = json.loads(json.dumps(dict(self.metadata)))
-            except (TypeError, ValueError) as error:
-                raise invalid(
-                    "metadata", "JSON-serialisable values", self.metadata
-                ) from error
-            object.__setattr__(self, "metadata", copy)
+            object.__setattr__(
+                self, "metadata", jsonio.metadata_copy(self.metadata)
+            )
 
     @property
     def is_per_cell(self) -> bool:
