@@ -30,11 +30,19 @@ TF_CPP_MIN_LOG_LEVEL=3 python launchers/bench.py --require_gpus=1 --runs= \
 }
 
 # name | runs | extra flags | expected seconds (trace + first step + steps)
+# Settings as the search launcher's defaults (flags/base_search.cfg):
+# Grappler off, exact products. Every row reports the GPU allocator's peak
+# (bench.py's "GPU peak (MB)"), so the batch-64 row answers issue 13's
+# "amended exact at batch 64 within 16 GB" for a 16 GB card directly.
 CONFIGS=(
   "fp32|first_order:exact,amended:exact,amended:finite_difference||240"
+  "fp32_b64_memory|amended:exact,second_order:exact|--batch_sizes=64|150"
   "bf16|first_order:exact,amended:exact|--dtype_policy=mixed_bfloat16|180"
   "fp32_xla|first_order:exact|--jit_compile=True|120"
   "bf16_xla|first_order:exact|--dtype_policy=mixed_bfloat16 --jit_compile=True|120"
+  # On the CPU Grappler no longer pays (benchmarks/s1_cpu.md, section 6);
+  # on a GPU its layout optimiser (NHWC -> NCHW for cuDNN) may: one row.
+  "fp32_grappler|first_order:exact,amended:exact|--grappler=True|240"
   "fp32_second_order|second_order:exact,second_order:finite_difference||180"
   # XLA compiling the amended double-backward graph took over 12 minutes
   # and 11 GB on the 2-core CPU even for the 3-cell preset: last.
@@ -51,7 +59,7 @@ for config in "${CONFIGS[@]}"; do
   # shellcheck disable=SC2086
   timeout "$left" python launchers/bench.py --preset=s1 --batch_sizes=96 \
     --runs="$runs" --steps=3 --warmup=1 --data=synthetic \
-    --epoch_pairs=25000 --grappler=True --max_rss_gb=0 $extra \
+    --epoch_pairs=25000 --grappler=False --max_rss_gb=0 $extra \
     > "$out_dir/$name.md" 2> "$out_dir/$name.err"
   echo "$name: exit $? after $(( $(date +%s) - start ))s" \
     | tee -a "$out_dir/progress.txt"

@@ -84,6 +84,10 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_bool("grappler", False, "Keep TensorFlow's graph "
                       "optimiser on (off: faster first step).",
                       flag_values=fv)
+    flags.DEFINE_bool("op_tracebacks", False, "Record each graph op's "
+                      "Python stack trace, TensorFlow's default (off: "
+                      "~11 KB less memory per graph node, as the search "
+                      "runs; core/graph_settings.py).", flag_values=fv)
     flags.DEFINE_float("max_rss_gb", 16.0, "Stop a configuration whose "
                        "resident memory passes this many GB (0: never), "
                        "before the kernel's OOM killer picks a process on a "
@@ -184,16 +188,14 @@ def make_batches(data, size, batch):
 
 def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
             grappler, data="synthetic", jit_compile=False,
-            dtype_policy="float32"):
+            dtype_policy="float32", op_tracebacks=False):
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
-    from tf_amended_darts.core import engine
+    from tf_amended_darts.core import engine, graph_settings
     from tf_amended_darts.jobs import precision
 
-    if not grappler:
-        tf.config.optimizer.set_experimental_options(
-            {"disable_meta_optimizer": True})
+    graph_settings.configure(grappler, op_tracebacks)
     net = precision.search_network(dtype_policy, NUM_CLASSES, size,
                                    layers=layers, init_channels=channels)
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
@@ -237,6 +239,9 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     # after the timed steps: counting walks the whole graph
     nodes = len(step.get_concrete_function(first_pair).graph.as_graph_def()
                 .node)
+    gpus = tf.config.list_logical_devices("GPU")
+    gpu_peak = (tf.config.experimental.get_memory_info(gpus[0].name)["peak"]
+                / 2**20 if gpus else None)  # the allocator's peak, bytes
     return {
         "arch_grad": arch_grad, "hvp": hvp, "batch": batch, "data": data,
         "first_step_s": first, "trace_s": trace, "sec_per_step": sec,
@@ -245,9 +250,11 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "input_share": sum(waits) / sum(totals),
         "rss_built_mb": rss_built, "rss_traced_mb": rss_traced,
         "peak_rss_mb": peak_rss_mb(), "graph_nodes": nodes,
+        "gpu_peak_mb": gpu_peak,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
+        "op_tracebacks": op_tracebacks,
         "dtype_policy": dtype_policy,
-        "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
+        "device": "GPU" if gpus else "CPU",
     }
 
 
@@ -255,23 +262,26 @@ def table(rows, fv, layers, channels, size):
     """The Markdown report; ratios against first_order at the same batch."""
     base = {r["batch"]: r["sec_per_step"] for r in rows
             if r["arch_grad"] == "first_order" and "sec_per_step" in r}
+    gpu = any(r.get("gpu_peak_mb") is not None for r in rows)
     lines = [
         f"preset={fv.preset} (layers={layers}, C={channels}, "
         f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
+        f"op_tracebacks={fv.op_tracebacks}, "
         f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
         f"jit_compile={fv.jit_compile}, dtype_policy={fv.dtype_policy}, "
         f"device={rows[0].get('device', '?') if rows else '?'}, "
         f"median of {fv.steps} steps after {fv.warmup} warm-up",
         "| batch | estimator | hvp | first step (s) | s/step | images/s | "
-        "x first_order | input share | peak RSS (MB) |"
+        "x first_order | input share | peak RSS (MB) | graph nodes |"
+        + (" GPU peak (MB) |" if gpu else "")
         + (f" s/epoch ({fv.epoch_pairs} pairs) |" if fv.epoch_pairs else ""),
-        "|---|---|---|---|---|---|---|---|---|"
-        + ("---|" if fv.epoch_pairs else ""),
+        "|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if gpu else "") + ("---|" if fv.epoch_pairs else ""),
     ]
     for r in rows:
         head = f"| {r['batch']} | {r['arch_grad']} | {r['hvp']} |"
         if "error" in r:
-            empty = " |" * (6 if fv.epoch_pairs else 5)
+            empty = " |" * (6 + gpu + bool(fv.epoch_pairs))
             lines.append(f"{head} {r['error']} |{empty}")
             continue
         b = base.get(r["batch"])
@@ -279,7 +289,9 @@ def table(rows, fv, layers, channels, size):
         lines.append(
             f"{head} {r['first_step_s']:.1f} | {r['sec_per_step']:.2f} | "
             f"{r['images_per_s']:.1f} | {ratio} | "
-            f"{100 * r['input_share']:.1f}% | {r['peak_rss_mb']:.0f} |"
+            f"{100 * r['input_share']:.1f}% | {r['peak_rss_mb']:.0f} | "
+            f"{r.get('graph_nodes', 'n/a')} |"
+            + (f" {r['gpu_peak_mb']:.0f} |" if gpu else "")
             + (f" {epoch_seconds(r, fv.epoch_pairs):.0f} |"
                if fv.epoch_pairs else ""))
     return "\n".join(lines)
@@ -297,6 +309,7 @@ def run_one(run, batch, fv):
            f"--preset={fv.preset}", f"--batch_size={batch}",
            f"--steps={fv.steps}", f"--warmup={fv.warmup}",
            f"--data={fv.data}", f"--grappler={fv.grappler}",
+           f"--op_tracebacks={fv.op_tracebacks}",
            f"--max_rss_gb={fv.max_rss_gb}",
            f"--jit_compile={fv.jit_compile}",
            f"--dtype_policy={fv.dtype_policy}"]
@@ -338,7 +351,8 @@ def main(argv, fv=flags.FLAGS):
         arch_grad, hvp = fv.single.split(":")
         print(json.dumps(measure(arch_grad, hvp, layers, channels, size,
                                  sizes[0], fv.steps, fv.warmup, fv.grappler,
-                                 fv.data, fv.jit_compile, fv.dtype_policy)))
+                                 fv.data, fv.jit_compile, fv.dtype_policy,
+                                 fv.op_tracebacks)))
         return
     rows = []
     for batch in sizes:

@@ -105,3 +105,20 @@ def test_rss_guard_stops_the_process():
                          capture_output=True, text=True, timeout=25)
     assert out.returncode == bench.RSS_EXIT
     assert "GB" in out.stderr
+
+
+def test_gpu_peak_column_only_when_a_row_has_one():
+    fv = _flag_values(["--preset=s1", "--batch_sizes=32,64"])
+    cpu_rows = [_row("first_order", "exact", 32, 2.0, graph_nodes=1234)]
+    cpu = bench.table(cpu_rows, fv, 8, 16, 32).splitlines()
+    assert "GPU peak" not in cpu[1]
+    assert cpu[3].endswith("| 1000 | 1234 |")
+    gpu_rows = [_row("first_order", "exact", 32, 2.0, graph_nodes=1234,
+                     gpu_peak_mb=2048.4),
+                {"arch_grad": "amended", "hvp": "exact", "batch": 64,
+                 "error": "stopped: RSS over 16 GB"}]
+    gpu = bench.table(gpu_rows, fv, 8, 16, 32).splitlines()
+    assert gpu[1].endswith("| graph nodes | GPU peak (MB) |")
+    assert gpu[3].endswith("| 1000 | 1234 | 2048 |")
+    # every row has as many cells as the header
+    assert {line.count("|") for line in gpu[1:]} == {gpu[1].count("|")}

@@ -223,6 +223,7 @@ class LanguageSearchConfig:
     seed: int = 0
     deterministic: bool = False
     grappler: bool = False
+    op_tracebacks: bool = False
     tensorboard: bool = True
     verbose: int = 1
     keep_checkpoints: int = 2
@@ -293,6 +294,7 @@ class LanguageTrainConfig:
     seed: int = 0
     deterministic: bool = False
     grappler: bool = False
+    op_tracebacks: bool = False
     tensorboard: bool = True
     verbose: int = 2
     keep_checkpoints: int = 2

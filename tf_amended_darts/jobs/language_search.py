@@ -37,9 +37,8 @@ epoch's checkpoint (`callbacks.NonFiniteGuard`).
 import os
 
 import keras
-import tensorflow as tf
 
-from tf_amended_darts.core import checkpoint, engine
+from tf_amended_darts.core import checkpoint, engine, graph_settings
 from tf_amended_darts.core.jsonio import atomic_write
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
 from tf_amended_darts.jobs import callbacks as cnn_callbacks
@@ -58,15 +57,12 @@ TENSORBOARD_DIR = os.path.join("tensorboard", "search")
 
 
 def set_up(config):
-    """Seeds, Grappler, determinism; returns nothing (one device)."""
+    """Seeds, graph settings (`graph_settings.configure`); one device."""
     cnn_search.return_freed_memory()
     keras.utils.set_random_seed(config.seed)
-    if not config.grappler:
-        tf.config.optimizer.set_experimental_options(
-            {"disable_meta_optimizer": True}
-        )
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    graph_settings.configure(
+        config.grappler, config.op_tracebacks, config.deterministic
+    )
 
 
 def build_search(config, vocab_size):

@@ -93,7 +93,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts.core import custom_loop, distribute
+from tf_amended_darts.core import custom_loop, distribute, graph_settings
 from tf_amended_darts.jobs import resume, retrain_config, run_dir, summaries
 from tf_amended_darts.jobs.retrainer import (
     base_optimizer,
@@ -187,12 +187,10 @@ def eval_data(config, batch_size=None):
 
 
 def set_up(config):
-    """Seeds, op determinism and the graph optimiser, per ``config``."""
+    """Seeds and graph settings (`graph_settings.configure`)."""
     keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": not config.grappler}
+    graph_settings.configure(
+        config.grappler, config.op_tracebacks, config.deterministic
     )
 
 

@@ -58,6 +58,7 @@ RESUMABLE = (
     "keep_checkpoints",
     "checkpoint_every_steps",
     "grappler",
+    "op_tracebacks",
     "deterministic",
 )
 UPWARD = ("epochs",)
@@ -251,6 +252,7 @@ class RetrainConfig:
     seeds: tuple = ()
     deterministic: bool = False
     grappler: bool = False
+    op_tracebacks: bool = False
     dtype_policy: str = "float32"
     tensorboard: bool = True
     verbose: int = 2

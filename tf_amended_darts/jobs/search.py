@@ -63,7 +63,12 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from tf_amended_darts.core import custom_loop, distribute, engine
+from tf_amended_darts.core import (
+    custom_loop,
+    distribute,
+    engine,
+    graph_settings,
+)
 from tf_amended_darts.core.optimizers import (
     EpochCosineDecay,
     TorchAdam,
@@ -361,12 +366,9 @@ def set_up(config):
     distribute.per_replica_batch_size(config.batch_size, strategy)
     return_freed_memory()
     keras.utils.set_random_seed(config.seed)
-    if not config.grappler:
-        tf.config.optimizer.set_experimental_options(
-            {"disable_meta_optimizer": True}
-        )
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    graph_settings.configure(
+        config.grappler, config.op_tracebacks, config.deterministic
+    )
     return strategy
 
 

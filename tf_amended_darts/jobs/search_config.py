@@ -59,6 +59,7 @@ RESUMABLE = (
     "strategy",
     "num_gpus",
     "grappler",
+    "op_tracebacks",
     "deterministic",
     "fidelity_every",
     "fidelity_cg_iterations",
@@ -292,6 +293,16 @@ def define_flags(fv=flags.FLAGS):
         "default.",
         **d,
     )
+    flags.DEFINE_bool(
+        "op_tracebacks",
+        False,
+        "Record each graph op's Python stack trace (TensorFlow's "
+        "default): an error raised while a graph runs then names the "
+        "line that created the failing op. Off by default: the traces "
+        "cost ~11 KB of memory per graph node (1.1 GB of the S1 "
+        "first-order search step; README, Benchmarks).",
+        **d,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +348,7 @@ class SearchConfig:
     keep_checkpoints: int = 2
     checkpoint_every_steps: int = 0
     grappler: bool = False
+    op_tracebacks: bool = False
     dtype_policy: str = "float32"
     strategy: str = "default"
     num_gpus: int = 0

@@ -1,0 +1,63 @@
+"""How much of a search step's peak RSS is freed heap that glibc keeps.
+
+    MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=65536 \
+        python benchmarks/probe/trim_probe.py ARCH HVP BATCH [TRIM_S] \
+        [TRACEBACKS]
+
+Runs `launchers/bench.py`'s measurement of the S1 step (8 cells, C = 16,
+32x32, Grappler off, digits pipeline, 3 steps after 1 warm-up) in this
+process. With TRIM_S > 0 a thread calls glibc's ``malloc_trim(0)`` every
+TRIM_S seconds throughout, which hands freed heap pages (the graph copies
+that tracing and function instantiation free, fragments below the mmap
+threshold) back to the kernel; TRIM_S = 0 measures without it. Prints
+bench.py's JSON row plus ``trim_s``. Comparing the two peaks says whether
+the RSS above TensorFlow's own allocations is fragmentation that trimming
+recovers (benchmarks/s1_cpu.md, section 7). TRACEBACKS = 1 (default) records
+each graph op's Python stack trace as TensorFlow does by default, 0 not
+(`graph_settings.set_op_tracebacks`): what those traces cost per node.
+"""
+
+import ctypes
+import json
+import os
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+sys.path.insert(0, ROOT)
+
+from launchers import bench  # noqa: E402
+
+
+def start_trimmer(period_s):
+    """A daemon thread that trims glibc's heap every `period_s` seconds."""
+    libc = ctypes.CDLL("libc.so.6")
+
+    def loop():
+        while True:
+            libc.malloc_trim(0)
+            time.sleep(period_s)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def main(argv):
+    arch, hvp, batch = argv[1], argv[2], int(argv[3])
+    trim_s = float(argv[4]) if len(argv) > 4 else 0.0
+    tracebacks = argv[5] != "0" if len(argv) > 5 else True
+    if trim_s > 0:
+        start_trimmer(trim_s)
+    layers, channels, size, _ = bench.PRESETS["s1"]
+    row = bench.measure(arch, hvp, layers, channels, size, batch, steps=3,
+                        warmup=1, grappler=False, data="digits",
+                        op_tracebacks=tracebacks)
+    row["trim_s"] = trim_s
+    row["tracebacks"] = tracebacks
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
