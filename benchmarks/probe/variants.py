@@ -106,3 +106,25 @@ def forward_free(loss_fn, w, a, v, reduce_mean=_identity):
     hv = reduce_mean(hvp_forward(loss_fn, w, a, v))
     dhv = mixed_forward(loss_fn, w, a, hv)
     return hv, dhv
+
+
+def _after(loss_fn, deps):
+    return _ctrl_loss(loss_fn, list(deps))
+
+
+def _rof(loss_fn, w, a, tangent, sources):
+    """``grad_sources <grad_w L, tangent>`` reverse-over-forward: the
+    directional derivative of L along `tangent` by a forward accumulator
+    over one forward pass, then one reverse pass over that."""
+    with tf.GradientTape() as tape:
+        tape.watch(sources)
+        with tf.autodiff.ForwardAccumulator(list(w), list(tangent)) as acc:
+            loss = loss_fn(w, a)
+        directional = acc.jvp(loss)
+    return _zeros_for_none(tape.gradient(directional, list(sources)), sources)
+
+
+def reverse_over_forward(loss_fn, w, a, v, reduce_mean=_identity):
+    hv = reduce_mean(_rof(_after(loss_fn, v), w, a, v, w))
+    dhv = _rof(_after(loss_fn, hv), w, a, hv, a)
+    return hv, dhv

@@ -113,3 +113,25 @@ def test_every_job_applies_its_op_tracebacks_flag(
         assert graph_settings.op_tracebacks_enabled() == op_tracebacks
     finally:
         tf.config.optimizer.set_experimental_options(before)
+
+
+def test_jobs_build_graphs_without_op_tracebacks_by_default():
+    # The default is what keeps ~11 KB per graph node out of every search
+    # (benchmarks/s1_cpu.md, section 7): a changed default must be seen.
+    from absl import flags
+
+    from tf_amended_darts.jobs import (
+        language_config,
+        retrain_config,
+        search_config,
+    )
+
+    assert search_config.SearchConfig(model_dir="m").op_tracebacks is False
+    assert language_config.LanguageSearchConfig(
+        model_dir="m").op_tracebacks is False
+    assert retrain_config.RetrainConfig(
+        model_dir="m", genotype="DARTS_V2").op_tracebacks is False
+    for define in (search_config.define_flags, retrain_config.define_flags):
+        fv = flags.FlagValues()
+        define(fv)
+        assert fv["op_tracebacks"].default is False

@@ -175,6 +175,15 @@ def define_flags(fv=flags.FLAGS):
         "step's compile time for no steady-state gain).",
         **d,
     )
+    flags.DEFINE_bool(
+        "op_tracebacks",
+        False,
+        "Record each graph op's Python stack trace (TensorFlow's "
+        "default): an error raised while a graph runs then names the "
+        "line that created the failing op. Off by default: ~11 KB of "
+        "memory per graph node (README, Benchmarks).",
+        **d,
+    )
     flags.DEFINE_string(
         "strategy",
         "default",

@@ -1,8 +1,8 @@
-"""How much of a search step's peak RSS is freed heap that glibc keeps.
+"""Peak RSS of the S1 search step under process-level variations.
 
     MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=65536 \
-        python benchmarks/probe/trim_probe.py ARCH HVP BATCH [TRIM_S] \
-        [TRACEBACKS]
+        python benchmarks/probe/rss_probe.py ARCH HVP BATCH [TRIM_S] \
+        [TRACEBACKS] [VARIANT]
 
 Runs `launchers/bench.py`'s measurement of the S1 step (8 cells, C = 16,
 32x32, Grappler off, digits pipeline, 3 steps after 1 warm-up) in this
@@ -15,6 +15,8 @@ the RSS above TensorFlow's own allocations is fragmentation that trimming
 recovers (benchmarks/s1_cpu.md, section 7). TRACEBACKS = 1 (default) records
 each graph op's Python stack trace as TensorFlow does by default, 0 not
 (`graph_settings.set_op_tracebacks`): what those traces cost per node.
+VARIANT names a function of variants.py that replaces
+`bilevel.amended_product_exact` (``--arch_grad=amended --hvp=exact``).
 """
 
 import ctypes
@@ -48,6 +50,15 @@ def main(argv):
     arch, hvp, batch = argv[1], argv[2], int(argv[3])
     trim_s = float(argv[4]) if len(argv) > 4 else 0.0
     tracebacks = argv[5] != "0" if len(argv) > 5 else True
+    variant = argv[6] if len(argv) > 6 else None
+    if variant:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import variants
+
+        from tf_amended_darts.core import bilevel
+
+        bilevel.amended_product_exact = getattr(variants, variant)
+    bench.start_rss_guard(20.0)  # as bench.py --max_rss_gb=20
     if trim_s > 0:
         start_trimmer(trim_s)
     layers, channels, size, _ = bench.PRESETS["s1"]
@@ -56,6 +67,7 @@ def main(argv):
                         op_tracebacks=tracebacks)
     row["trim_s"] = trim_s
     row["tracebacks"] = tracebacks
+    row["variant"] = variant
     print(json.dumps(row))
 
 
