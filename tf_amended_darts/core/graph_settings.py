@@ -29,6 +29,15 @@ import warnings
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
+# The help of every job's --op_tracebacks flag.
+OP_TRACEBACKS_HELP = (
+    "Record each graph op's Python stack trace (TensorFlow's default): an "
+    "error raised while a graph runs then names the line that created the "
+    "failing op. Off by default: the traces cost ~11 KB of memory per "
+    "graph node (1.1 GB of the S1 first-order search step; README, "
+    "Benchmarks)."
+)
+
 # TensorFlow's own op constructor, before any change of ours.
 _CREATE_C_OP = tf_ops._create_c_op
 

@@ -13,7 +13,7 @@ import json
 
 from absl import flags
 
-from tf_amended_darts.core import distribute, hparams
+from tf_amended_darts.core import distribute, graph_settings, hparams
 from tf_amended_darts.jobs.errors import fail as _fail
 from tf_amended_darts.nn.drop_path import DROP_PATH_PROB
 from tf_amended_darts.vision import data, network
@@ -178,10 +178,7 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_bool(
         "op_tracebacks",
         False,
-        "Record each graph op's Python stack trace (TensorFlow's "
-        "default): an error raised while a graph runs then names the "
-        "line that created the failing op. Off by default: ~11 KB of "
-        "memory per graph node (README, Benchmarks).",
+        graph_settings.OP_TRACEBACKS_HELP,
         **d,
     )
     flags.DEFINE_string(

@@ -21,7 +21,13 @@ import json
 
 from absl import flags
 
-from tf_amended_darts.core import bilevel, distribute, fidelity, hparams
+from tf_amended_darts.core import (
+    bilevel,
+    distribute,
+    fidelity,
+    graph_settings,
+    hparams,
+)
 from tf_amended_darts.jobs import precision
 from tf_amended_darts.jobs import retrain_config as R
 from tf_amended_darts.jobs.errors import fail as _fail
@@ -296,11 +302,7 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_bool(
         "op_tracebacks",
         False,
-        "Record each graph op's Python stack trace (TensorFlow's "
-        "default): an error raised while a graph runs then names the "
-        "line that created the failing op. Off by default: the traces "
-        "cost ~11 KB of memory per graph node (1.1 GB of the S1 "
-        "first-order search step; README, Benchmarks).",
+        graph_settings.OP_TRACEBACKS_HELP,
         **d,
     )
 
