@@ -4,6 +4,7 @@
 import tensorflow as tf
 
 from tf_amended_darts.core.bilevel import (
+    _after,
     _identity,
     _zeros_for_none,
     hvp_exact,
@@ -106,10 +107,6 @@ def forward_free(loss_fn, w, a, v, reduce_mean=_identity):
     hv = reduce_mean(hvp_forward(loss_fn, w, a, v))
     dhv = mixed_forward(loss_fn, w, a, hv)
     return hv, dhv
-
-
-def _after(loss_fn, deps):
-    return _ctrl_loss(loss_fn, list(deps))
 
 
 def _rof(loss_fn, w, a, tangent, sources):
