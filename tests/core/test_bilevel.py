@@ -345,3 +345,47 @@ def test_central_difference_passes_run_one_after_the_other(quad, product):
                     downstream.add(consumer.name)
                     frontier.append(consumer)
     assert deps <= downstream, sorted(deps - downstream)[:3]
+
+
+def _downstream(op):
+    """Names of the ops that consume, directly or not, the outputs of op."""
+    found, frontier = set(), [op]
+    while frontier:
+        current = frontier.pop()
+        for out in current.outputs:
+            for consumer in out.consumers():
+                if consumer.name not in found:
+                    found.add(consumer.name)
+                    frontier.append(consumer)
+    return found
+
+
+@pytest.mark.parametrize("hvp", bilevel.HVP_MODES)
+def test_amended_training_passes_wait_for_the_validation_pass(quad, hvp):
+    # Independent of the validation pass, the training pass of the amended
+    # products would start beside it and hold both passes' activations
+    # (benchmarks/s1_cpu.md section 7). Every training pass's first op must
+    # wait for ops downstream of the validation pass.
+    train_marks, val_marks = [], []
+
+    def marked(loss_fn, marks):
+        def loss(w, a):
+            marks.append(tf.identity(w[0], name="pass_start"))
+            return loss_fn([marks[-1]] + list(w[1:]), a)
+
+        return loss
+
+    w, a = quad.values()
+    tf.function(lambda: bilevel.estimate(
+        "amended", marked(quad.train_loss, train_marks),
+        marked(quad.val_loss, val_marks), w, a, hvp=hvp,
+    )).get_concrete_function()
+    (val,) = val_marks
+    validation = _downstream(val.op)
+    assert train_marks
+    for mark in train_marks:
+        deps = {op.name for op in mark.op.control_inputs}
+        assert deps, "a training pass does not wait for the validation pass"
+        assert deps <= validation | _downstream(train_marks[0].op)
+    first = {op.name for op in train_marks[0].op.control_inputs}
+    assert first <= validation, sorted(first - validation)[:3]

@@ -164,6 +164,32 @@ def test_arch_step_leaves_batch_norm_statistics_alone(arch_grad, hvp):
     assert not np.allclose(moved[0], before[0])
 
 
+@pytest.mark.parametrize("arch_grad", ["first_order", "amended"])
+def test_weight_step_waits_for_the_architecture_step(arch_grad):
+    # Its first layers do not read the architecture, so without a control
+    # edge the executor would start them beside the estimator's passes and
+    # hold their activations through them (benchmarks/s1_cpu.md section 7).
+    _, search = _search(arch_grad)
+    batch = next(iter(_pairs(1)))
+    graph = tf.function(search.train_step).get_concrete_function(
+        batch).graph
+    (gate,) = [op for op in graph.get_operations()
+               if op.name.endswith("weight_step_input")]
+    x_v = graph.inputs[2]  # ((x_t, y_t), (x_v, y_v)) flattened
+    assert x_v.shape == batch[1][0].shape
+    deps = {op.name for op in gate.control_inputs}
+    assert deps, "the weight step does not wait for the architecture step"
+    downstream, frontier = set(), [x_v.op]
+    while frontier:
+        op = frontier.pop()
+        for out in op.outputs:
+            for consumer in out.consumers():
+                if consumer.name not in downstream:
+                    downstream.add(consumer.name)
+                    frontier.append(consumer)
+    assert deps <= downstream, sorted(deps - downstream)[:3]
+
+
 def test_metrics_and_gradient_norms_are_logged():
     _, search = _search("amended", eta=0.5)
     history = search.fit(_pairs(2), epochs=1, verbose=0)

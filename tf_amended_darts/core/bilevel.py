@@ -364,10 +364,13 @@ def estimate(
         zeros = [tf.zeros_like(x) for x in a]
         return EstimatorResult(g1, g1, zeros, loss)
     v = reduce_mean(v)
+    # The training pass starts once the validation pass is done: otherwise
+    # the executor runs the two side by side, both activations alive.
+    train_loss = _after(train_loss, v)
     if hvp == "exact":
         _, dhv = amended_product_exact(train_loss, w, a, v, reduce_mean)
     elif hvp == "forward":
-        hv = reduce_mean(hvp_forward(_after(train_loss, v), w, a, v))
+        hv = reduce_mean(hvp_forward(train_loss, w, a, v))
         dhv = mixed_forward(_after(train_loss, hv), w, a, hv)
     else:
         hv = reduce_mean(hvp_finite_difference(train_loss, w, a, v))

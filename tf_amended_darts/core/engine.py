@@ -418,6 +418,12 @@ class BilevelSearch(keras.Model):
         self._keep_validation_state(record.get("non_trainable"))
 
         x_t, y_t = train_batch
+        # The weight step's forward pass waits for the architecture step's
+        # result: otherwise the executor starts its first layers (which do
+        # not read the architecture) beside the estimator's passes and holds
+        # their activations through them (benchmarks/s1_cpu.md, section 7).
+        with tf.control_dependencies([*result.arch_grads, result.val_loss]):
+            x_t = tf.identity(x_t, name="weight_step_input")
         lr = ops.convert_to_tensor(
             self.weight_optimizer.current_learning_rate()
         )  # the learning rate of this step's weight update
