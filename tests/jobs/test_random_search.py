@@ -129,6 +129,29 @@ def test_random_search_writes_the_run_directory(tmp_path):
     assert len(_metrics(d)) == 2
 
 
+@pytest.mark.parametrize("flag", ["grappler", "op_tracebacks",
+                                  "deterministic"])
+def test_graph_settings_flags_reach_tensorflow(tmp_path, monkeypatch, flag):
+    # The same three process settings as the search and re-training
+    # (`graph_settings.configure`), applied before any trial is traced.
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def configure(grappler=False, op_tracebacks=False, deterministic=False):
+        seen.append(dict(grappler=grappler, op_tracebacks=op_tracebacks,
+                         deterministic=deterministic))
+        raise Stop
+
+    monkeypatch.setattr(RS.graph_settings, "configure", configure)
+    with pytest.raises(Stop):
+        _run(TINY + [f"--model_dir={tmp_path}", f"--{flag}"])
+    expected = dict(grappler=False, op_tracebacks=False, deterministic=False)
+    expected[flag] = True
+    assert seen == [expected]
+
+
 def _command(d):
     return [sys.executable, os.path.join(REPO_ROOT, "launchers",
                                          "random_search.py"),

@@ -44,7 +44,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from tf_amended_darts.core import checkpoint
+from tf_amended_darts.core import checkpoint, graph_settings
 from tf_amended_darts.jobs import retrain_config, summaries
 from tf_amended_darts.jobs.retrainer import build_network, build_retrainer
 from tf_amended_darts.nn.drop_path import DropPathSchedule
@@ -318,8 +318,9 @@ def _write_tensorboard(d, rows):
 def run(config):
     """Runs (or resumes) the random search; returns the best genotype."""
     keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    graph_settings.configure(
+        config.grappler, config.op_tracebacks, config.deterministic
+    )
     os.makedirs(config.model_dir, exist_ok=True)
     G.atomic_write(os.path.join(config.model_dir, "config.json"),
                    config.to_json())

@@ -18,7 +18,7 @@ import json
 
 from absl import flags
 
-from tf_amended_darts.core import hparams
+from tf_amended_darts.core import graph_settings, hparams
 from tf_amended_darts.jobs import retrain_config as R
 from tf_amended_darts.jobs.errors import fail as _fail
 from tf_amended_darts.vision import data, network
@@ -70,6 +70,11 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("seed", 0, "Seed of sampling, data, weights.", **d)
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism.",
                       **d)
+    flags.DEFINE_bool("grappler", False,
+                      "Keep TensorFlow's graph optimiser (off by default, as "
+                      "in re-training).", **d)
+    flags.DEFINE_bool("op_tracebacks", False,
+                      graph_settings.OP_TRACEBACKS_HELP, **d)
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs.", **d)
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.", **d)
     flags.DEFINE_integer("keep_checkpoints", 1, "Checkpoints kept per trial.",
@@ -103,6 +108,8 @@ class RandomSearchConfig:
     cutout: int = 0
     seed: int = 0
     deterministic: bool = False
+    grappler: bool = False
+    op_tracebacks: bool = False
     tensorboard: bool = True
     verbose: int = 2
     keep_checkpoints: int = 1
