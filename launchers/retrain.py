@@ -61,6 +61,7 @@ def _train_language(fv):
     """--task=ptb: trains a recurrent genotype (NT-ASGD), test perplexity."""
     with errors.usage():
         config = language_config.train_from_flags(fv)
+    language_train.check_run_dir(config)  # before anything is written
     os.makedirs(config.model_dir, exist_ok=True)
     fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
     result = language_train.run(config)

@@ -44,6 +44,7 @@ def run_search(fv=flags.FLAGS):
                   else search_config.from_flags(fv))
         extra = None if ptb else baseline_config.from_flags(fv)
     if ptb:
+        language_search.check_run_dir(config)  # before anything is written
         os.makedirs(config.model_dir, exist_ok=True)
         fv.append_flags_into_file(os.path.join(config.model_dir, "flags.txt"))
         genotype = language_search.run(config)

@@ -133,3 +133,39 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
     last_a = [float(x) for x in rows_a[-1].split(",")]
     last_b = [float(x) for x in rows_b[-1].split(",")]
     np.testing.assert_allclose(last_a, last_b, rtol=1e-5)
+
+
+def _config(args):
+    fv = flags.FlagValues()
+    search_config.define_flags(fv)
+    language_config.define_search_flags(fv)
+    fv(["search"] + args)
+    return language_config.search_from_flags(fv)
+
+
+def test_run_directory_belongs_to_one_configuration(tmp_path):
+    from tf_amended_darts.jobs import language_search, run_dir
+
+    d = tmp_path / "run"
+    first = _config(TINY + [f"--model_dir={d}"])
+    run_dir.record(str(d), first.to_json())
+    (d / "flags.txt").write_text("the first run's flags\n")
+    assert language_search.check_run_dir(first) == []
+    # logging, graph settings and --epochs upward may change ...
+    changed = _config(TINY + [f"--model_dir={d}", "--epochs=5",
+                              "--verbose=1", "--op_tracebacks"])
+    assert sorted(language_search.check_run_dir(changed)) == [
+        ("epochs", 2, 5), ("op_tracebacks", False, True), ("verbose", 0, 1)]
+    # ... the model, the estimator or fewer epochs may not: one error
+    # naming each, and the launcher writes nothing.
+    with pytest.raises(run_dir.ConfigMismatchError,
+                       match=r"--emsize 8 -> 16, --epochs 2 -> 1 \(only "
+                             r"upward\), --nhid 8 -> 16"):
+        _run(TINY + [f"--model_dir={d}", "--nhid=16", "--emsize=16",
+                     "--epochs=1"])
+    with pytest.raises(run_dir.ConfigMismatchError,
+                       match="--arch_grad first_order -> amended"):
+        _run([a for a in TINY if not a.startswith("--arch_grad")]
+             + [f"--model_dir={d}", "--arch_grad=amended"])
+    assert (d / "flags.txt").read_text() == "the first run's flags\n"
+    assert json.loads((d / "config.json").read_text())["nhid"] == 8

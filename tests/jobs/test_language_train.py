@@ -134,3 +134,33 @@ def test_resumed_training_keeps_earlier_rows(trained, tmp_path):
     rows = json.loads((copy / "nt_asgd.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["phase"] == "asgd"
+
+
+def test_run_directory_belongs_to_one_genotype_and_configuration(tmp_path):
+    from tf_amended_darts.jobs import run_dir
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "flags.txt").write_text("the first run's flags\n")
+    fv = flags.FlagValues()
+    retrain_config.define_flags(fv)
+    language_config.define_train_flags(fv)
+    fv(["retrain"] + TINY + [f"--model_dir={d}"])
+    config = language_config.train_from_flags(fv)
+    run_dir.record(str(d), config.to_json())
+    genotype = language_train.G.load("DARTS_V2")
+    language_train.G.save(genotype, str(d / "genotype.json"))
+    assert language_train.check_run_dir(config) == []
+    with pytest.raises(run_dir.ConfigMismatchError,
+                       match="--emsize 8 -> 12, --nhid 8 -> 12"):
+        _train(TINY + [f"--model_dir={d}", "--nhid=12", "--emsize=12"])
+    # the same cell under another name resumes; another cell does not
+    other = [a for a in TINY if not a.startswith("--genotype")]
+    path = tmp_path / "v2.json"
+    language_train.G.save(genotype, str(path))
+    fv(["retrain"] + other + [f"--model_dir={d}", f"--genotype={path}"])
+    assert language_train.check_run_dir(
+        language_config.train_from_flags(fv)) == []
+    with pytest.raises(run_dir.ConfigMismatchError, match="another genotype"):
+        _train(other + [f"--model_dir={d}", "--genotype=DARTS_V1"])
+    assert (d / "flags.txt").read_text() == "the first run's flags\n"

@@ -184,6 +184,22 @@ def _check_common(c):
         _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
 
 
+# Flags a language run may resume with changed (run_dir.check): logging,
+# checkpoint retention, where the data lives, how the graph is built;
+# --epochs only upward. Any other difference changes the model or the data
+# (the same rule as the CNN jobs' search_config.RESUMABLE).
+RESUMABLE = (
+    "data_dir",
+    "verbose",
+    "tensorboard",
+    "keep_checkpoints",
+    "grappler",
+    "op_tracebacks",
+    "deterministic",
+)
+UPWARD = ("epochs",)
+
+
 @dataclasses.dataclass(frozen=True)
 class LanguageSearchConfig:
     """A validated recurrent-cell search (see the module docstring)."""

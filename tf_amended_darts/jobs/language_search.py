@@ -31,18 +31,23 @@ Resuming: rerunning the same command restores the newest checkpoint
 goes on with the next epoch; each epoch's batches come from ``(seed,
 epoch)``, so a resumed run repeats an uninterrupted one (with
 ``--deterministic``, exactly). A NaN or Inf stops the run before the
-epoch's checkpoint (`callbacks.NonFiniteGuard`).
+epoch's checkpoint (`callbacks.NonFiniteGuard`). The run directory belongs
+to one configuration (`run_dir`): a rerun whose flags change the model or
+the data stops with one line naming them, before anything is written;
+logging, checkpoint retention, the data's location and the graph settings
+may change (`language_config.RESUMABLE`), ``--epochs`` only upward.
 """
 
+import dataclasses
 import os
 
 import keras
 
 from tf_amended_darts.core import checkpoint, engine, graph_settings
-from tf_amended_darts.core.jsonio import atomic_write
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
 from tf_amended_darts.jobs import callbacks as cnn_callbacks
 from tf_amended_darts.jobs import language_callbacks as LC
+from tf_amended_darts.jobs import language_config, run_dir
 from tf_amended_darts.jobs import search as cnn_search
 from tf_amended_darts.language import (
     corpus,
@@ -114,17 +119,39 @@ def load_corpus(config):
     return corpus.load(config.dataset, config.data_dir, config.vocab_size)
 
 
+def check_run_dir(config):
+    """`run_dir.check` of ``config`` against its ``--model_dir``; writes
+    nothing.
+
+    Returns:
+        The allowed changes (``--epochs`` upward, logging, ...).
+
+    Raises:
+        run_dir.ConfigMismatchError: naming each flag that differs from
+            the run already in ``--model_dir``.
+    """
+    return run_dir.check(
+        config.model_dir,
+        dataclasses.asdict(config),
+        resumable=language_config.RESUMABLE,
+        upward=language_config.UPWARD,
+    )
+
+
 def run(config):
     """Runs (or resumes) the search; returns the final `RecurrentGenotype`.
 
     Raises:
         corpus.MissingCorpusError: PTB files absent (one-line message).
+        run_dir.ConfigMismatchError: ``--model_dir`` holds a run of other
+            flags (nothing is written).
     """
+    changes = check_run_dir(config)
     set_up(config)
     text = load_corpus(config)
-    os.makedirs(config.model_dir, exist_ok=True)
-    atomic_write(os.path.join(config.model_dir, "config.json"),
-                 config.to_json())
+    run_dir.record(config.model_dir, config.to_json(), changes)
+    if changes:
+        print(run_dir.describe_changes(changes))
     train = data.batchify(text.train, config.batch_size)
     valid = data.batchify(text.valid, config.batch_size)
     search = build_search(config, text.vocab_size)

@@ -24,9 +24,14 @@ Run directory (``--model_dir``)::
     result.json                best validation and test perplexity, params
 
 Resuming: rerunning the same command restores the newest checkpoint and
-goes on; rows after it are dropped.
+goes on; rows after it are dropped. The run directory belongs to one
+configuration and genotype (`run_dir`, `check_run_dir`): other flags that
+change the model or the data, or another cell, stop the run with one line
+before anything is written (`language_config.RESUMABLE` may change,
+``--epochs`` only upward).
 """
 
+import dataclasses
 import json
 import os
 
@@ -37,7 +42,7 @@ from tf_amended_darts.core import checkpoint
 from tf_amended_darts.core.jsonio import atomic_write
 from tf_amended_darts.jobs import callbacks as cnn_callbacks
 from tf_amended_darts.jobs import language_callbacks as LC
-from tf_amended_darts.jobs import language_search
+from tf_amended_darts.jobs import language_config, language_search, run_dir
 from tf_amended_darts.language import asgd, corpus, data, evaluation, models
 from tf_amended_darts.language import genotype as G
 
@@ -174,14 +179,58 @@ def _evaluate_averaged(network, optimizer, split, config, step):
                                    config.bptt, config.eval_steps, step)
 
 
+def _cell(genotype):
+    return genotype.recurrent, genotype.concat
+
+
+def check_run_dir(config, genotype=None):
+    """Checks ``config`` against the run in its ``--model_dir``; writes
+    nothing.
+
+    The flags are compared with ``config.json`` (`run_dir.check`;
+    ``--genotype`` by the cell it names, not by its name or path, against
+    the run's ``genotype.json``).
+
+    Returns:
+        The allowed changes (``--epochs`` upward, logging, ...).
+
+    Raises:
+        run_dir.ConfigMismatchError: naming what differs.
+    """
+    genotype = genotype or G.load(config.genotype)
+    changes = run_dir.check(
+        config.model_dir,
+        dataclasses.asdict(config),
+        resumable=language_config.RESUMABLE,
+        upward=language_config.UPWARD,
+        ignore=("model_dir", "genotype"),
+    )
+    path = os.path.join(config.model_dir, "genotype.json")
+    if os.path.exists(path) and _cell(G.load(path)) != _cell(genotype):
+        raise run_dir.ConfigMismatchError(
+            f"--model_dir={config.model_dir} holds a run of another "
+            f"genotype ({path}) than --genotype={config.genotype}; nothing "
+            "was written. Rerun with the genotype of that run to resume "
+            "it, or pass a new --model_dir."
+        )
+    return changes
+
+
 def run(config):
-    """Trains (or resumes); returns the result dict (``result.json``)."""
+    """Trains (or resumes); returns the result dict (``result.json``).
+
+    Raises:
+        run_dir.ConfigMismatchError: ``--model_dir`` holds a run of other
+            flags or another genotype (nothing is written).
+    """
+    genotype = G.load(config.genotype)
+    changes = check_run_dir(config, genotype)
     language_search.set_up(config)
     text = language_search.load_corpus(config)
-    genotype = G.load(config.genotype)
     d = config.model_dir
-    os.makedirs(d, exist_ok=True)
-    atomic_write(os.path.join(d, "config.json"), config.to_json())
+    run_dir.record(d, config.to_json(), changes)
+    if changes:
+        print(run_dir.describe_changes(changes))
     G.save(genotype, os.path.join(d, "genotype.json"))
     atomic_write(os.path.join(d, VOCAB_FILE), "\n".join(text.vocab) + "\n")
     network = build_network(config, text.vocab_size, genotype)
