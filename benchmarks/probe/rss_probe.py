@@ -16,7 +16,9 @@ recovers (benchmarks/s1_cpu.md, section 7). TRACEBACKS = 1 (default) records
 each graph op's Python stack trace as TensorFlow does by default, 0 not
 (`graph_settings.set_op_tracebacks`): what those traces cost per node.
 VARIANT names a function of variants.py that replaces
-`bilevel.amended_product_exact` (``--arch_grad=amended --hvp=exact``).
+`bilevel.amended_product_exact` (``--arch_grad=amended --hvp=exact``), or
+is ``recompute_cells[:N]``: the supernet's first N cells (all without N)
+recomputed in the estimator's passes (recompute_cells.py).
 """
 
 import ctypes
@@ -46,12 +48,32 @@ def start_trimmer(period_s):
     threading.Thread(target=loop, daemon=True).start()
 
 
+def patch_search_network(variant):
+    """``recompute_cells[:N]``: bench's network recomputes its first N cells
+    (all without N) in the estimator's passes (recompute_cells.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import recompute_cells
+
+    from tf_amended_darts.jobs import precision
+
+    _, _, count = variant.partition(":")
+    cells = int(count) if count else None
+    build = precision.search_network
+
+    def search_network(*args, **kwargs):
+        return recompute_cells.patch(build(*args, **kwargs), cells)
+
+    precision.search_network = search_network
+
+
 def main(argv):
     arch, hvp, batch = argv[1], argv[2], int(argv[3])
     trim_s = float(argv[4]) if len(argv) > 4 else 0.0
     tracebacks = argv[5] != "0" if len(argv) > 5 else True
     variant = argv[6] if len(argv) > 6 else None
-    if variant:
+    if variant and variant.startswith("recompute_cells"):
+        patch_search_network(variant)
+    elif variant:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import variants
 

@@ -18,10 +18,11 @@ inputs); tests/nn/test_recompute.py checks ``H v`` and ``D H v`` against
 explicit Hessians in float64. Each recomputation waits (control
 dependency) for the gradient it serves.
 
-Measured, not used by the package (issue 13, NOTES_memory.md
-"Recomputation"): recomputing the supernet's cells in the amended exact
-step (benchmarks/probe/recompute_cells.py) nearly doubles the graph and
-raises the 3-cell probe's peak RSS (9.8 GB against 8.1 GB).
+Measured, not used by the package (issue 13; benchmarks/s1_cpu.md
+section 7, "Recomputed cells"): recomputing the supernet's cells in the
+amended exact step (benchmarks/probe/recompute_cells.py) nearly doubles
+the graph, and on S1 at batch 32 raises the peak RSS (18.3 GB against
+15.2 GB) and nearly doubles the time per step.
 
 Third and higher derivatives through a recomputed block are not
 supported (the second-level gradient is not itself recorded for a
