@@ -423,7 +423,11 @@ class BilevelSearch(keras.Model):
         # not read the architecture) beside the estimator's passes and holds
         # their activations through them (benchmarks/s1_cpu.md, section 7).
         with tf.control_dependencies([*result.arch_grads, result.val_loss]):
-            x_t = tf.identity(x_t, name="weight_step_input")
+            x_t = tf.nest.map_structure(  # inputs may be nested (language)
+                lambda t: None if t is None else tf.identity(
+                    t, name="weight_step_input"),
+                x_t,
+            )
         lr = ops.convert_to_tensor(
             self.weight_optimizer.current_learning_rate()
         )  # the learning rate of this step's weight update
