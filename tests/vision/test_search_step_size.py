@@ -12,6 +12,9 @@ execution): minutes on 2 shared cores, so slow-marked.
 
 Counted as `len(graph.as_graph_def().node)` of the traced step's concrete
 function, TensorFlow 2.21 / Keras 3.15.1, Grappler irrelevant (tracing).
+Control edges are bounded too: a control dependency on a list of tensors
+gives every waiting op one edge per tensor, which added ~2.5 GB to the S1
+amended step with one extra node (benchmarks/s1_cpu.md section 8).
 """
 
 import numpy as np
@@ -27,12 +30,16 @@ BATCH = 2
 # (arch_grad, hvp): limit, with the count measured on the commit that set it
 # (benchmarks/s1_cpu.md section 7):
 LIMITS = {
-    ("amended", "exact"): 285_000,  # 268,353 at 14cff42 (TF 2.21)
+    ("amended", "exact"): 285_000,  # 268,355 at 7f8c20d (TF 2.21)
+}
+CONTROL_EDGE_LIMITS = {
+    ("amended", "exact"): 35_000,  # 29,512 at 7f8c20d (TF 2.21)
 }
 
 
 def s1_step_nodes(arch_grad, hvp):
-    """Graph nodes of the traced S1 search step at batch `BATCH`."""
+    """Graph nodes and control edges of the traced S1 search step at
+    batch `BATCH`."""
     net = SearchNetwork(10, layers=S1["layers"],
                         init_channels=S1["init_channels"])
     size = S1["size"]
@@ -49,12 +56,18 @@ def s1_step_nodes(arch_grad, hvp):
 
     step = tf.function(search.train_step)
     graph = step.get_concrete_function((batch(), batch())).graph
-    return len(graph.as_graph_def().node)
+    nodes = graph.as_graph_def().node
+    control_edges = sum(
+        name.startswith("^") for node in nodes for name in node.input
+    )
+    return len(nodes), control_edges
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch_grad,hvp", sorted(LIMITS))
 def test_s1_search_step_graph_size(arch_grad, hvp):
-    nodes = s1_step_nodes(arch_grad, hvp)
-    print(f"S1 {arch_grad} {hvp} step: {nodes} nodes")
+    nodes, control_edges = s1_step_nodes(arch_grad, hvp)
+    print(f"S1 {arch_grad} {hvp} step: {nodes} nodes, "
+          f"{control_edges} control edges")
     assert nodes <= LIMITS[arch_grad, hvp]
+    assert control_edges <= CONTROL_EDGE_LIMITS[arch_grad, hvp]
