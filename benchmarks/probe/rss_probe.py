@@ -18,7 +18,9 @@ each graph op's Python stack trace as TensorFlow does by default, 0 not
 VARIANT names a function of variants.py that replaces
 `bilevel.amended_product_exact` (``--arch_grad=amended --hvp=exact``), or
 is ``recompute_cells[:N]``: the supernet's first N cells (all without N)
-recomputed in the estimator's passes (recompute_cells.py).
+recomputed in the estimator's passes (recompute_cells.py), or is
+``opt_level_l0``: the function runtime's graph optimiser off
+(`runtime_optimizer_off`).
 """
 
 import ctypes
@@ -66,12 +68,34 @@ def patch_search_network(variant):
     precision.search_network = search_network
 
 
+def runtime_optimizer_off():
+    """``opt_level_l0``: the function runtime instantiates the step without
+    its graph optimiser (common subexpression elimination and constant
+    folding, `OptimizerOptions.L1` by default; Grappler is separate and off
+    here anyway), through the eager context's config before TensorFlow
+    starts (a private attribute: a probe, not a setting of the package)."""
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.eager import context
+
+    config = config_pb2.ConfigProto()
+    options = config.graph_options.optimizer_options
+    options.opt_level = config_pb2.OptimizerOptions.L0
+    options.do_common_subexpression_elimination = False
+    options.do_constant_folding = False
+    options.do_function_inlining = True
+    ctx = context.context()
+    assert ctx._context_handle is None, "TensorFlow has already started"
+    ctx._config = config
+
+
 def main(argv):
     arch, hvp, batch = argv[1], argv[2], int(argv[3])
     trim_s = float(argv[4]) if len(argv) > 4 else 0.0
     tracebacks = argv[5] != "0" if len(argv) > 5 else True
     variant = argv[6] if len(argv) > 6 else None
-    if variant and variant.startswith("recompute_cells"):
+    if variant == "opt_level_l0":
+        runtime_optimizer_off()
+    elif variant and variant.startswith("recompute_cells"):
         patch_search_network(variant)
     elif variant:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
