@@ -186,3 +186,17 @@ def tiny_batches(epoch, batches=5, batch=8, features=4, classes=3):
     x = rng.normal(size=(batches * batch, features)).astype("float32")
     y = rng.integers(0, classes, batches * batch)
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def downstream(op):
+    """Names of the graph ops that consume, directly or not, the outputs
+    of ``op`` (data edges only)."""
+    found, frontier = set(), [op]
+    while frontier:
+        current = frontier.pop()
+        for out in current.outputs:
+            for consumer in out.consumers():
+                if consumer.name not in found:
+                    found.add(consumer.name)
+                    frontier.append(consumer)
+    return found

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import downstream
 from tf_amended_darts.core import bilevel
 
 DT = tf.float64
@@ -337,15 +338,8 @@ def test_central_difference_passes_run_one_after_the_other(quad, product):
     assert deps, "the second pass does not wait for the first"
     # ... and what it waits for is the first pass's gradient (the ops
     # downstream of the first pass's start), not something unrelated.
-    downstream, frontier = set(), [first]
-    while frontier:
-        op = frontier.pop()
-        for out in op.outputs:
-            for consumer in out.consumers():
-                if consumer.name not in downstream:
-                    downstream.add(consumer.name)
-                    frontier.append(consumer)
-    assert deps <= downstream, sorted(deps - downstream)[:3]
+    after_first = downstream(first)
+    assert deps <= after_first, sorted(deps - after_first)[:3]
 
 
 def _waits_for(op):
@@ -358,19 +352,6 @@ def _waits_for(op):
             found |= _waits_for(dep)
         else:
             found.add(dep.name)
-    return found
-
-
-def _downstream(op):
-    """Names of the ops that consume, directly or not, the outputs of op."""
-    found, frontier = set(), [op]
-    while frontier:
-        current = frontier.pop()
-        for out in current.outputs:
-            for consumer in out.consumers():
-                if consumer.name not in found:
-                    found.add(consumer.name)
-                    frontier.append(consumer)
     return found
 
 
@@ -395,13 +376,13 @@ def test_amended_training_passes_wait_for_the_validation_pass(quad, hvp):
         marked(quad.val_loss, val_marks), w, a, hvp=hvp,
     )).get_concrete_function()
     (val,) = val_marks
-    validation = _downstream(val.op)
+    validation = downstream(val.op)
     assert train_marks
     for mark in train_marks:
         # one edge per waited-for pass (a NoOp gathers its tensors)
         assert len(mark.op.control_inputs) <= 2
         deps = _waits_for(mark.op)
         assert deps, "a training pass does not wait for the validation pass"
-        assert deps <= validation | _downstream(train_marks[0].op)
+        assert deps <= validation | downstream(train_marks[0].op)
     first = _waits_for(train_marks[0].op)
     assert first <= validation, sorted(first - validation)[:3]

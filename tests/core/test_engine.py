@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import downstream
 from tf_amended_darts.core import engine
 from tf_amended_darts.core.optimizers import (
     EpochCosineDecay,
@@ -179,15 +180,8 @@ def test_weight_step_waits_for_the_architecture_step(arch_grad):
     assert x_v.shape == batch[1][0].shape
     deps = {op.name for op in gate.control_inputs}
     assert deps, "the weight step does not wait for the architecture step"
-    downstream, frontier = set(), [x_v.op]
-    while frontier:
-        op = frontier.pop()
-        for out in op.outputs:
-            for consumer in out.consumers():
-                if consumer.name not in downstream:
-                    downstream.add(consumer.name)
-                    frontier.append(consumer)
-    assert deps <= downstream, sorted(deps - downstream)[:3]
+    after_validation = downstream(x_v.op)
+    assert deps <= after_validation, sorted(deps - after_validation)[:3]
 
 
 def test_metrics_and_gradient_norms_are_logged():

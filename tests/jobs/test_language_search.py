@@ -27,14 +27,18 @@ TINY = [
 ]
 
 
-def _run(args):
-    from launchers import search as launcher
-
+def _flags(args):
     fv = flags.FlagValues()
     search_config.define_flags(fv)
     language_config.define_search_flags(fv)
     fv(["search"] + args)
-    return launcher.run_search(fv)
+    return fv
+
+
+def _run(args):
+    from launchers import search as launcher
+
+    return launcher.run_search(_flags(args))
 
 
 def test_search_writes_a_recurrent_genotype_and_its_artifacts(tmp_path):
@@ -136,11 +140,7 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
 
 
 def _config(args):
-    fv = flags.FlagValues()
-    search_config.define_flags(fv)
-    language_config.define_search_flags(fv)
-    fv(["search"] + args)
-    return language_config.search_from_flags(fv)
+    return language_config.search_from_flags(_flags(args))
 
 
 def test_run_directory_belongs_to_one_configuration(tmp_path):

@@ -207,12 +207,7 @@ def check_run_dir(config, genotype=None):
     )
     path = os.path.join(config.model_dir, "genotype.json")
     if os.path.exists(path) and _cell(G.load(path)) != _cell(genotype):
-        raise run_dir.ConfigMismatchError(
-            f"--model_dir={config.model_dir} holds a run of another "
-            f"genotype ({path}) than --genotype={config.genotype}; nothing "
-            "was written. Rerun with the genotype of that run to resume "
-            "it, or pass a new --model_dir."
-        )
+        raise run_dir.other_genotype(config.model_dir, path, config.genotype)
     return changes
 
 

@@ -147,6 +147,16 @@ def check(
     return allowed
 
 
+def other_genotype(model_dir, path, requested):
+    """The error of a run directory whose genotype file ``path`` names
+    other cells than ``--genotype=requested``."""
+    return ConfigMismatchError(
+        f"--model_dir={model_dir} holds a run of another genotype ({path}) "
+        f"than --genotype={requested}; nothing was written. Rerun with the "
+        "genotype of that run to resume it, or pass a new --model_dir."
+    )
+
+
 def record(model_dir, config_text, changes=()):
     """Writes ``config.json`` atomically and logs the allowed changes.
 
