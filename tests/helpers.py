@@ -200,3 +200,15 @@ def downstream(op):
                     found.add(consumer.name)
                     frontier.append(consumer)
     return found
+
+
+def waits_for(op):
+    """Names of the graph ops ``op`` waits for by control edges, looking
+    through the `tf.group` NoOps that gather them (`bilevel.waiting_for`)."""
+    found = set()
+    for dep in op.control_inputs:
+        if dep.type == "NoOp":
+            found |= waits_for(dep)
+        else:
+            found.add(dep.name)
+    return found

@@ -1,4 +1,4 @@
-"""Measured alternative (issue 13; benchmarks/s1_cpu.md section 7,
+"""Measured alternative (issue 13; benchmarks/s1_cpu.md section 8,
 "Recomputed cells"), not kept: the supernet's cells recomputed in the
 estimator's functional passes.
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers import downstream
+from tests.helpers import downstream, waits_for
 from tf_amended_darts.core import bilevel
 
 DT = tf.float64
@@ -334,25 +334,12 @@ def test_central_difference_passes_run_one_after_the_other(quad, product):
     first, second = (m.op for m in markers)
     assert not first.control_inputs
     assert len(second.control_inputs) == 1  # a NoOp gathers the gradients
-    deps = _waits_for(second)
+    deps = waits_for(second)
     assert deps, "the second pass does not wait for the first"
     # ... and what it waits for is the first pass's gradient (the ops
     # downstream of the first pass's start), not something unrelated.
     after_first = downstream(first)
     assert deps <= after_first, sorted(deps - after_first)[:3]
-
-
-def _waits_for(op):
-    """Names of the ops `op` waits for by control edges, through the
-    `tf.group` NoOps that gather them; and each gathering NoOp must be one
-    edge of `op`, not one edge per tensor."""
-    found = set()
-    for dep in op.control_inputs:
-        if dep.type == "NoOp":
-            found |= _waits_for(dep)
-        else:
-            found.add(dep.name)
-    return found
 
 
 @pytest.mark.parametrize("hvp", bilevel.HVP_MODES)
@@ -381,8 +368,8 @@ def test_amended_training_passes_wait_for_the_validation_pass(quad, hvp):
     for mark in train_marks:
         # one edge per waited-for pass (a NoOp gathers its tensors)
         assert len(mark.op.control_inputs) <= 2
-        deps = _waits_for(mark.op)
+        deps = waits_for(mark.op)
         assert deps, "a training pass does not wait for the validation pass"
         assert deps <= validation | downstream(train_marks[0].op)
-    first = _waits_for(train_marks[0].op)
+    first = waits_for(train_marks[0].op)
     assert first <= validation, sorted(first - validation)[:3]

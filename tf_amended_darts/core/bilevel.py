@@ -178,19 +178,25 @@ def _accumulated(loss_fn, w, a, tangent, sources):
     return _zeros_for_none([acc.jvp(g) for g in grads], sources)
 
 
-def _after(loss_fn: LossFn, deps) -> LossFn:
-    """`loss_fn` whose ops wait for `deps`: a pass that would otherwise
-    start beside the one computing `deps` (the TF executor runs
-    independent ops concurrently) holds no activations until then.
+def waiting_for(deps):
+    """A context whose new ops wait for the tensors `deps` (no-op eagerly).
 
-    One `tf.group` gathers `deps`, so each op of the pass that waits gets
-    one control edge: a control dependency on the list itself would give
-    every such op one edge per tensor of `deps` (one per weight tensor,
-    ~1,400 on S1: 2.5 GB more memory for the amended exact step,
-    benchmarks/s1_cpu.md section 8)."""
+    One `tf.group` gathers `deps`, so each op that waits gets one control
+    edge: a control dependency on the list itself would give every such op
+    one edge per tensor of `deps` (one per weight tensor, ~1,400 on S1:
+    2.5 GB more memory for the amended exact step, benchmarks/s1_cpu.md
+    section 8).
+    """
+    return tf.control_dependencies([tf.group(*deps)])
+
+
+def _after(loss_fn: LossFn, deps) -> LossFn:
+    """`loss_fn` whose ops wait for `deps` (`waiting_for`): a pass that
+    would otherwise start beside the one computing `deps` (the TF executor
+    runs independent ops concurrently) holds no activations until then."""
 
     def loss(w, a):
-        with tf.control_dependencies([tf.group(*deps)]):
+        with waiting_for(deps):
             return loss_fn(w, a)
 
     return loss

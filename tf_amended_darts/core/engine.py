@@ -421,8 +421,9 @@ class BilevelSearch(keras.Model):
         # The weight step's forward pass waits for the architecture step's
         # result: otherwise the executor starts its first layers (which do
         # not read the architecture) beside the estimator's passes and holds
-        # their activations through them (benchmarks/s1_cpu.md, section 7).
-        with tf.control_dependencies([*result.arch_grads, result.val_loss]):
+        # their activations through them (benchmarks/s1_cpu.md, sections 7
+        # and 8).
+        with bilevel.waiting_for([*result.arch_grads, result.val_loss]):
             x_t = tf.nest.map_structure(  # inputs may be nested (language)
                 lambda t: None if t is None else tf.identity(
                     t, name="weight_step_input"),

@@ -19,7 +19,7 @@ explicit Hessians in float64. Each recomputation waits (control
 dependency) for the gradient it serves.
 
 Measured, not used by the package (issue 13; benchmarks/s1_cpu.md
-section 7, "Recomputed cells"): recomputing the supernet's cells in the
+section 8, "Recomputed cells"): recomputing the supernet's cells in the
 amended exact step (benchmarks/probe/recompute_cells.py) nearly doubles
 the graph, and on S1 at batch 32 raises the peak RSS (18.3 GB against
 15.2 GB) and nearly doubles the time per step.
