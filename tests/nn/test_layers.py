@@ -6,7 +6,9 @@ respect to the trainable weights and the input) and the mixed second
 derivative d/dalpha <grad_w L, u>, alpha scaling the output.
 """
 
+import gc
 import threading
+import weakref
 
 import keras
 import numpy as np
@@ -770,6 +772,21 @@ def test_graph_constants_are_shared_and_free_of_control_dependencies():
         return h
 
     fn(tf.zeros(()))
+
+
+def test_graph_constants_die_with_their_graph():
+    # The cache once sat in a module-level WeakKeyDictionary whose values
+    # (tensors of the graph) held the graph: no traced step was ever freed.
+    @tf.function
+    def fn(h):
+        return h + graph_constant(2.0, h.dtype)
+
+    concrete = fn.get_concrete_function(tf.TensorSpec((), tf.float32))
+    graph = weakref.ref(concrete.graph)
+    assert concrete(tf.constant(1.0)).numpy() == 3.0
+    del fn, concrete
+    gc.collect()
+    assert graph() is None
 
 
 CONFIG_LAYERS = [

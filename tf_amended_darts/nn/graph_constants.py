@@ -7,7 +7,6 @@ graph instead of one per use.
 """
 
 import threading
-import weakref
 
 import tensorflow as tf
 
@@ -19,8 +18,10 @@ except ImportError:  # pragma: no cover - layout of a future TF
     _graph_in_xla_context = None
 
 
-# graph -> {key: tensor}. Weak keys: the entries die with the graph.
-_GRAPH_CONSTANTS = weakref.WeakKeyDictionary()
+# The cache ({key: tensor}) is an attribute of its graph, so that it dies
+# with the graph. (A module-level `weakref.WeakKeyDictionary` keyed by the
+# graph never let go: its values, tensors of the graph, hold the graph.)
+_CACHE_ATTRIBUTE = "_tf_amended_darts_constants"
 _GRAPH_CONSTANTS_LOCK = threading.Lock()
 
 
@@ -37,7 +38,10 @@ def graph_cached(key, make):
     graph = tf.compat.v1.get_default_graph()
     key = (threading.get_ident(),) + key
     with _GRAPH_CONSTANTS_LOCK:
-        cache = _GRAPH_CONSTANTS.setdefault(graph, {})
+        cache = getattr(graph, _CACHE_ATTRIBUTE, None)
+        if cache is None:
+            cache = {}
+            setattr(graph, _CACHE_ATTRIBUTE, cache)
         tensor = cache.get(key)
     if tensor is None:
         with graph.control_dependencies(None):
