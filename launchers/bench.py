@@ -88,6 +88,10 @@ def define_flags(fv=flags.FLAGS):
                       "Python stack trace, TensorFlow's default (off: "
                       "~11 KB less memory per graph node, as the search "
                       "runs; core/graph_settings.py).", flag_values=fv)
+    flags.DEFINE_bool("lean_graph", True, "Free the traced step's graph "
+                      "once the runtime holds it (core/lean_function.py), "
+                      "as the jobs do; False: keep it, as tf.function "
+                      "does.", flag_values=fv)
     flags.DEFINE_float("max_rss_gb", 16.0, "Stop a configuration whose "
                        "resident memory passes this many GB (0: never), "
                        "before the kernel's OOM killer picks a process on a "
@@ -188,11 +192,12 @@ def make_batches(data, size, batch):
 
 def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
             grappler, data="synthetic", jit_compile=False,
-            dtype_policy="float32", op_tracebacks=False):
+            dtype_policy="float32", op_tracebacks=False, lean_graph=True):
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
     from tf_amended_darts.core import engine, graph_settings
+    from tf_amended_darts.core.lean_function import LeanFunction
     from tf_amended_darts.jobs import precision
 
     graph_settings.configure(grappler, op_tracebacks)
@@ -201,7 +206,10 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
     search.compile()
     batches = make_batches(data, size, batch)
-    step = tf.function(search.train_step, jit_compile=jit_compile)
+    if lean_graph:
+        step = LeanFunction(search.train_step, jit_compile=jit_compile)
+    else:
+        step = tf.function(search.train_step, jit_compile=jit_compile)
     rss_built = peak_rss_mb()
 
     def timed_step():
@@ -221,7 +229,11 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     phase("built")
     t0 = time.perf_counter()
     first_pair = next(batches)
-    step.get_concrete_function(first_pair)  # trace only
+    if lean_graph:  # trace only; the graph is freed here
+        nodes = step.trace(first_pair)["graph_nodes"]
+    else:
+        nodes = len(step.get_concrete_function(first_pair).graph
+                    .get_operations())
     trace = time.perf_counter() - t0
     rss_traced = current_rss_mb()
     phase("traced")
@@ -236,9 +248,6 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         waits.append(wait)
         totals.append(wait + run)
     sec = statistics.median(totals)
-    # after the timed steps: counting walks the whole graph
-    nodes = len(step.get_concrete_function(first_pair).graph.as_graph_def()
-                .node)
     gpus = tf.config.list_logical_devices("GPU")
     gpu_peak = (tf.config.experimental.get_memory_info(gpus[0].name)["peak"]
                 / 2**20 if gpus else None)  # the allocator's peak, bytes
@@ -252,7 +261,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "peak_rss_mb": peak_rss_mb(), "graph_nodes": nodes,
         "gpu_peak_mb": gpu_peak,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
-        "op_tracebacks": op_tracebacks,
+        "op_tracebacks": op_tracebacks, "lean_graph": lean_graph,
         "dtype_policy": dtype_policy,
         "device": "GPU" if gpus else "CPU",
     }
@@ -266,7 +275,7 @@ def table(rows, fv, layers, channels, size):
     lines = [
         f"preset={fv.preset} (layers={layers}, C={channels}, "
         f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
-        f"op_tracebacks={fv.op_tracebacks}, "
+        f"op_tracebacks={fv.op_tracebacks}, lean_graph={fv.lean_graph}, "
         f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
         f"jit_compile={fv.jit_compile}, dtype_policy={fv.dtype_policy}, "
         f"device={rows[0].get('device', '?') if rows else '?'}, "
@@ -310,6 +319,7 @@ def run_one(run, batch, fv):
            f"--steps={fv.steps}", f"--warmup={fv.warmup}",
            f"--data={fv.data}", f"--grappler={fv.grappler}",
            f"--op_tracebacks={fv.op_tracebacks}",
+           f"--lean_graph={fv.lean_graph}",
            f"--max_rss_gb={fv.max_rss_gb}",
            f"--jit_compile={fv.jit_compile}",
            f"--dtype_policy={fv.dtype_policy}"]
@@ -352,7 +362,7 @@ def main(argv, fv=flags.FLAGS):
         print(json.dumps(measure(arch_grad, hvp, layers, channels, size,
                                  sizes[0], fv.steps, fv.warmup, fv.grappler,
                                  fv.data, fv.jit_compile, fv.dtype_policy,
-                                 fv.op_tracebacks)))
+                                 fv.op_tracebacks, fv.lean_graph)))
         return
     rows = []
     for batch in sizes:

@@ -185,6 +185,27 @@ def test_weight_step_waits_for_the_architecture_step(arch_grad):
     assert deps <= after_validation, sorted(deps - after_validation)[:3]
 
 
+@pytest.mark.parametrize("arch_grad", ["first_order", "amended"])
+def test_fit_through_the_lean_step_matches_keras_own_function(arch_grad):
+    # lean_graph (the default) frees the traced graph (core/lean_function);
+    # Keras' tf.function keeps it. Same FunctionDef: the same numbers.
+    runs = []
+    for lean in (True, False):
+        net = TinyNet(use_bn=True)
+        net.build((None, 4))
+        search = engine.BilevelSearch(net, arch_grad=arch_grad,
+                                      lean_graph=lean)
+        search.compile()
+        history = search.fit(_pairs(3), epochs=2, verbose=0)
+        runs.append((net, history.history, search))
+    (lean_net, lean_logs, lean_search), (net, logs, _) = runs
+    assert lean_search.train_function.lean_step.trace_count == 1
+    assert lean_search.train_function.lean_step.lean
+    assert lean_logs == logs
+    for a, b in zip(lean_net.weights, net.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_metrics_and_gradient_norms_are_logged():
     _, search = _search("amended", eta=0.5)
     history = search.fit(_pairs(2), epochs=1, verbose=0)

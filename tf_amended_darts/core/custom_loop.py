@@ -11,6 +11,8 @@ import weakref
 import keras
 import tensorflow as tf
 
+from tf_amended_darts.core import lean_function
+
 # model -> {method name: its traced step}: a search calls `custom_fit` once
 # per epoch, and tracing the supernet's bi-level step is the slow part.
 _STEP_FUNCTIONS = weakref.WeakKeyDictionary()
@@ -22,7 +24,6 @@ def _step_function(model, method):
         strategy = model.distribute_strategy
         owner = weakref.ref(model)  # the cache must not keep it alive
 
-        @tf.function
         def step(batch):
             model = owner()
             logs = strategy.run(getattr(model, method), args=(batch,))
@@ -37,7 +38,9 @@ def _step_function(model, method):
             logs.update(model.get_metrics_result())
             return logs
 
-        steps[method] = step
+        # Traced once per signature; the graph is freed once the runtime
+        # holds the step (lean_function).
+        steps[method] = lean_function.LeanFunction(step)
     return steps[method]
 
 

@@ -72,6 +72,7 @@ from keras import ops
 from tf_amended_darts.core import (
     bilevel,
     hparams,
+    lean_function,
     replicas,
 )
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
@@ -135,6 +136,12 @@ class BilevelSearch(keras.Model):
             step's gradient to this global norm (`bilevel.VirtualStep`;
             DARTS' recurrent search does, at 0.25); None: no clipping
             (DARTS' CNN search).
+        lean_graph: ``fit`` runs the step through `lean_function` (the
+            traced graph is freed before the first step runs: 0.4-2 GB
+            less on S1; README, Benchmarks). False: Keras' own
+            ``tf.function``, which keeps the graph. Keras' function is
+            used anyway when ``run_eagerly`` or ``steps_per_execution``
+            > 1.
         **kwargs: passed to `keras.Model`.
 
     Reference: DARTS ``train_search.py`` / ``architect.py`` (step order and
@@ -152,9 +159,11 @@ class BilevelSearch(keras.Model):
         aux_weight=0.0,
         sync_batch_norm=True,
         virtual_step_clip_norm=None,
+        lean_graph=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.lean_graph = bool(lean_graph)
         if virtual_step_clip_norm is not None and not (
             float(virtual_step_clip_norm) > 0
         ):
@@ -192,6 +201,48 @@ class BilevelSearch(keras.Model):
             self._arch_updates = value
             if self.train_function is not None:  # in fit: a new graph
                 self.make_train_function(force=True)
+
+    def make_train_function(self, force=False):
+        """Keras' train function, with the step run by `lean_function`.
+
+        As Keras 3 does with ``steps_per_execution=1``: one
+        ``strategy.run(train_step)`` per batch, the logs' replica mean
+        (Keras' "auto" reduction off TPUs); the batch is taken from the
+        iterator eagerly, so that the traced step takes tensors, not the
+        iterator. ``StopIteration`` ends the epoch, as in Keras.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=True)
+        if (not self.lean_graph or self.run_eagerly
+                or self.steps_per_execution != 1):
+            return self.train_function
+        strategy = self.distribute_strategy
+
+        @tf.autograph.experimental.do_not_convert
+        def one_step_on_data(data):
+            logs = strategy.run(self.train_step, args=(data,))
+            return tf.nest.map_structure(
+                lambda v: tf.reduce_mean(
+                    strategy.experimental_local_results(v), axis=0)
+                if isinstance(v, tf.distribute.DistributedValues) else v,
+                logs,
+            )
+
+        jit = self.jit_compile if isinstance(self.jit_compile, bool) else None
+        step = lean_function.LeanFunction(
+            one_step_on_data, jit_compile=jit, autograph=False
+        )
+
+        def function(iterator):
+            if isinstance(iterator, (tf.data.Iterator,
+                                     tf.distribute.DistributedIterator)):
+                return step(next(iterator))
+            return step(next(iter(iterator)))
+
+        function.lean_step = step  # trace_count, last_trace
+        self.train_function = function
+        return function
 
     # -- variables ------------------------------------------------------------
 
@@ -493,6 +544,7 @@ class BilevelSearch(keras.Model):
             aux_weight=self.aux_weight,
             sync_batch_norm=self.sync_batch_norm,
             virtual_step_clip_norm=self.virtual_step_clip_norm,
+            lean_graph=self.lean_graph,
         )
         return config
 

@@ -2,12 +2,13 @@
 
 One step is the search's: `engine.BilevelSearch.train_step` (architecture
 step on a validation batch, then the weight step) of the search model of
-`language_search.build_search`, traced once in a `tf.function`, fed with
-synthetic token batches of the full ``bptt`` length (the vocabulary's
-size, not its words, sets the cost). Reported: the first step (trace +
-graph instantiation + one execution), the median seconds per step over the
-timed steps after the warm-up steps, tokens per second (training and
-validation tokens of a step), and the peak resident memory.
+`language_search.build_search`, traced once (`core.lean_function`, as
+``fit`` runs it), fed with synthetic token batches of the full ``bptt``
+length (the vocabulary's size, not its words, sets the cost). Reported:
+the first step (trace + graph instantiation + one execution), the median
+seconds per step over the timed steps after the warm-up steps, tokens per
+second (training and validation tokens of a step), and the peak resident
+memory.
 
 A guard thread stops the process when its resident memory passes
 ``max_rss_gb`` (exit code `RSS_EXIT`), so that a configuration too large
@@ -25,6 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tf_amended_darts.core.lean_function import LeanFunction
 from tf_amended_darts.jobs import language_config, language_search
 from tf_amended_darts.language import data, models
 
@@ -84,7 +86,7 @@ def measure(arch_grad, hvp, batch, bptt, nhid, vocab, steps=3, warmup=1,
     search = language_search.build_search(config, vocab)
     pair = tf.nest.map_structure(tf.constant,
                                  synthetic_pair(batch, bptt, vocab, seed))
-    step = tf.function(search.train_step)
+    step = LeanFunction(search.train_step)  # as fit runs it (engine)
 
     def run():
         logs = step(pair)

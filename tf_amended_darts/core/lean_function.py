@@ -1,0 +1,224 @@
+"""A traced step that keeps what the runtime runs, not the graph it came from.
+
+`tf.function` keeps every traced `FuncGraph` for as long as the function
+lives: the Python objects of each op and tensor and the C graph under
+them, several KB per node. The runtime needs none of it to run the step,
+only the `FunctionDef` registered in the eager context. On the S1 search
+steps the graph is the largest single cost after the activations (268k
+nodes for the amended exact step; benchmarks/s1_cpu.md, section 9).
+
+`LeanFunction(fn)` traces ``fn`` like ``tf.function(fn)`` and, once the
+trace is registered, keeps only a graph-free handle on the runtime
+function (a TF `AtomicFunction` with no cached graph) and the captured
+inputs (the variables' handles). The graph is freed right away, before
+the first step runs, so its memory serves the activations instead.
+
+Two global references would otherwise keep every traced graph alive
+however it is held (both found by walking the referrers of a freed step):
+`nn.graph_constants` (fixed there) and TensorFlow's gradient registry,
+where each graph-mode `tf.custom_gradient` (Keras' optimizer all-reduce
+among them) registers a ``CustomGradient-<uid>`` function whose closure
+holds the traced tensors. `LeanFunction` removes the entries registered
+by its own trace when it drops the graph; nothing can differentiate
+through a dropped graph, so nothing needs them again. (A trace running on
+another thread at the same moment could lose its entries too; the jobs
+trace on one thread: `tf.distribute` replica threads belong to the trace.)
+
+What it gives up, compared with `tf.function`:
+
+* No gradients through a call (the step is the outermost function: it
+  computes its own gradients inside).
+* A call with inputs of another structure, dtype or shape traces again
+  (exact shapes, no ``reduce_retracing``); `trace_count` says how often.
+* An error raised while the step runs cannot name the Python line of the
+  failing op until TensorFlow rebuilds a graph from the `FunctionDef`
+  (it does so by itself when it interpolates the error).
+
+It uses TensorFlow's private ``AtomicFunction`` and ``ConcreteFunction``
+internals (TF 2.16-2.21); where they are missing, `LeanFunction` says so
+with a warning and keeps the `tf.function` and its graph (``lean`` then
+reads False), so a job still runs, with the old memory.
+"""
+
+import threading
+import time
+import warnings
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+
+try:  # Private: the runtime-function handle of a traced tf.function.
+    from tensorflow.python.eager.polymorphic_function import (
+        atomic_function as _atomic_function,
+    )
+except ImportError:  # pragma: no cover - layout of a future TF
+    _atomic_function = None
+
+# The prefix of `tf.custom_gradient`'s graph-mode registry entries.
+_CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
+_TRACE_LOCK = threading.Lock()
+
+
+def _gradient_registry():
+    """TensorFlow's {op type: gradient function} dict, or None."""
+    registry = getattr(tf_ops, "_gradient_registry", None)
+    entries = getattr(registry, "_registry", None)
+    return entries if isinstance(entries, dict) else None
+
+
+def _custom_gradient_names():
+    entries = _gradient_registry()
+    if entries is None:
+        return set()
+    return {k for k in list(entries) if k.startswith(_CUSTOM_GRADIENT_PREFIX)}
+
+
+def _graph_free(atomic):
+    """A handle on ``atomic``'s runtime function (and its children's)
+    that holds no graph. The runtime function stays registered as long
+    as any handle on it lives (TF counts them by name)."""
+    return _atomic_function.AtomicFunction(
+        atomic.name,
+        atomic._bound_context,
+        atomic.function_type,
+        [_graph_free(child) for child in atomic.children],
+        atomic.call_options,
+        cached_graph=None,
+    )
+
+
+def _supported(concrete):
+    return (
+        _atomic_function is not None
+        and hasattr(concrete, "_inference_function")
+        and hasattr(concrete, "_captured_inputs")
+        and hasattr(_atomic_function.AtomicFunction, "call_with_captures")
+    )
+
+
+def _key(args):
+    """What decides whether a call can reuse a trace: the structure of
+    the arguments, each tensor's type spec and every other leaf's value."""
+    leaves = tf.nest.flatten(args)
+    specs = tuple(
+        tf.type_spec_from_value(leaf)
+        if isinstance(leaf, (tf.Tensor, tf.Variable))
+        or hasattr(leaf, "_type_spec")
+        else (type(leaf), leaf)
+        for leaf in leaves
+    )
+    structure = repr(tf.nest.map_structure(lambda _: None, args))
+    return structure, specs
+
+
+class _Trace:
+    """One traced signature: the graph-free runtime function, the
+    captured inputs it is called with and what the trace measured."""
+
+    def __init__(self, function, concrete):
+        self.graph_nodes = len(concrete.graph.get_operations())
+        if _supported(concrete):
+            self.runtime = _graph_free(concrete._inference_function)
+            # Resolved per call, as ConcreteFunction does (deferred
+            # captures are callables).
+            self.captures = list(concrete._captured_inputs)
+            self.concrete = None
+        else:  # keep TensorFlow's own objects, graph included
+            self.runtime = None
+            self.captures = None
+            self.concrete = concrete
+            self.function = function  # the concrete function's owner
+
+    def __call__(self, args):
+        if self.runtime is None:
+            return self.concrete(*args)
+        captures = tf.nest.flatten(
+            [c() if callable(c) else c for c in self.captures],
+            expand_composites=True,
+        )
+        return self.runtime.call_with_captures(args, {}, captures)
+
+
+class LeanFunction:
+    """``tf.function(python_function)`` without its graphs after tracing.
+
+    Args:
+        python_function: the step; called with positional arguments only.
+        jit_compile: passed to `tf.function`.
+        autograph: passed to `tf.function`.
+
+    Attributes:
+        trace_count: how many signatures were traced.
+        lean: False where this TensorFlow lacks the internals (then the
+            traced graphs are kept, as by `tf.function`).
+        last_trace: {"graph_nodes", "trace_s", "custom_gradients_freed"}
+            of the latest trace, or None before the first.
+    """
+
+    def __init__(self, python_function, jit_compile=None, autograph=True):
+        if not callable(python_function):
+            raise TypeError(
+                "LeanFunction: python_function must be callable, got "
+                f"{python_function!r}"
+            )
+        self._python_function = python_function
+        self._jit_compile = jit_compile
+        self._autograph = autograph
+        self._traces = {}
+        self.trace_count = 0
+        self.lean = True
+        self.last_trace = None
+
+    def trace(self, *args):
+        """Traces for ``args`` unless a trace for their signature exists;
+        returns that trace's record (see ``last_trace``)."""
+        key = _key(args)
+        if key not in self._traces:
+            self._traces[key] = self._new_trace(args)
+        return self._traces[key].record
+
+    def __call__(self, *args):
+        key = _key(args)
+        trace = self._traces.get(key)
+        if trace is None:
+            trace = self._traces[key] = self._new_trace(args)
+        return trace(args)
+
+    def _new_trace(self, args):
+        t0 = time.perf_counter()
+        # A fresh tf.function per signature: dropping it (and the
+        # concrete function) is what lets the graph go.
+        function = tf.function(
+            self._python_function,
+            jit_compile=self._jit_compile,
+            autograph=self._autograph,
+        )
+        with _TRACE_LOCK:
+            before = _custom_gradient_names()
+            concrete = function.get_concrete_function(*args)
+            registered = _custom_gradient_names() - before
+        trace = _Trace(function, concrete)
+        freed = 0
+        if trace.runtime is None:
+            if self.lean:
+                warnings.warn(
+                    "LeanFunction: TensorFlow "
+                    f"{tf.__version__} lacks the internals it uses "
+                    "(AtomicFunction, ConcreteFunction._inference_function); "
+                    "the traced graph is kept, as by tf.function.",
+                    stacklevel=3,
+                )
+            self.lean = False
+        else:
+            entries = _gradient_registry()
+            for name in registered:
+                entries.pop(name, None)
+            freed = len(registered)
+        del concrete, function
+        self.trace_count += 1
+        trace.record = self.last_trace = {
+            "graph_nodes": trace.graph_nodes,
+            "trace_s": time.perf_counter() - t0,
+            "custom_gradients_freed": freed,
+        }
+        return trace
