@@ -11,7 +11,8 @@ nodes for the amended exact step; benchmarks/s1_cpu.md, section 9).
 trace is registered, keeps only a graph-free handle on the runtime
 function (a TF `AtomicFunction` with no cached graph) and the captured
 inputs (the variables' handles). The graph is freed right away, before
-the first step runs, so its memory serves the activations instead.
+the first step runs, and its memory goes back to the system (glibc's
+``malloc_trim``), so that it serves the activations instead.
 
 Two global references would otherwise keep every traced graph alive
 however it is held (both found by walking the referrers of a freed step):
@@ -40,6 +41,9 @@ with a warning and keeps the `tf.function` and its graph (``lean`` then
 reads False), so a job still runs, with the old memory.
 """
 
+import ctypes
+import ctypes.util
+import gc
 import threading
 import time
 import warnings
@@ -71,6 +75,22 @@ def _custom_gradient_names():
     if entries is None:
         return set()
     return {k for k in list(entries) if k.startswith(_CUSTOM_GRADIENT_PREFIX)}
+
+
+def _malloc_trim():
+    """Returns the heap's free pages to the system (glibc only); whether
+    it could. A freed graph leaves its memory as free chunks amid the
+    heap, which the large tensors of a step (above the mmap threshold the
+    jobs set, 64 KiB) never reuse; without this the graph's memory stays
+    resident through the step's peak."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def _graph_free(atomic):
@@ -215,6 +235,9 @@ class LeanFunction:
                 entries.pop(name, None)
             freed = len(registered)
         del concrete, function
+        if trace.runtime is not None:
+            gc.collect()  # the graph's Python objects hold reference cycles
+            _malloc_trim()
         self.trace_count += 1
         trace.record = self.last_trace = {
             "graph_nodes": trace.graph_nodes,
