@@ -1,5 +1,8 @@
 """The bi-level engine: optimiser semantics by hand, eta = 0, errors, BN."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -185,22 +188,41 @@ def test_weight_step_waits_for_the_architecture_step(arch_grad):
     assert deps <= after_validation, sorted(deps - after_validation)[:3]
 
 
+class GraphRecordingNet(TinyNet):
+    """Records (weakly) every graph its call is traced into."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.graphs = []
+
+    def call(self, x, training=False):
+        if not tf.executing_eagerly():
+            graph = tf.compat.v1.get_default_graph()
+            self.graphs.append(weakref.ref(graph))
+        return super().call(x, training=training)
+
+
 @pytest.mark.parametrize("arch_grad", ["first_order", "amended"])
 def test_fit_through_the_lean_step_matches_keras_own_function(arch_grad):
     # lean_graph (the default) frees the traced graph (core/lean_function);
     # Keras' tf.function keeps it. Same FunctionDef: the same numbers.
-    runs = []
+    runs, graphs_alive = [], []
     for lean in (True, False):
-        net = TinyNet(use_bn=True)
+        net = GraphRecordingNet(use_bn=True)
         net.build((None, 4))
         search = engine.BilevelSearch(net, arch_grad=arch_grad,
                                       lean_graph=lean)
         search.compile()
         history = search.fit(_pairs(3), epochs=2, verbose=0)
         runs.append((net, history.history, search))
+        gc.collect()
+        assert net.graphs  # traced
+        graphs_alive.append(sum(g() is not None for g in net.graphs))
     (lean_net, lean_logs, lean_search), (net, logs, _) = runs
     assert lean_search.train_function.lean_step.trace_count == 1
     assert lean_search.train_function.lean_step.lean
+    # Keras' function keeps its step's graph; the lean one freed it.
+    assert graphs_alive[0] == 0 and graphs_alive[1] >= 1, graphs_alive
     assert lean_logs == logs
     for a, b in zip(lean_net.weights, net.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -137,7 +137,7 @@ class BilevelSearch(keras.Model):
             DARTS' recurrent search does, at 0.25); None: no clipping
             (DARTS' CNN search).
         lean_graph: ``fit`` runs the step through `lean_function` (the
-            traced graph is freed before the first step runs: 0.4-2 GB
+            traced graph is freed before the first step runs: 0.5-1.4 GB
             less on S1; README, Benchmarks). False: Keras' own
             ``tf.function``, which keeps the graph. Keras' function is
             used anyway when ``run_eagerly`` or ``steps_per_execution``
@@ -213,9 +213,9 @@ class BilevelSearch(keras.Model):
         """
         if self.train_function is not None and not force:
             return self.train_function
-        super().make_train_function(force=True)
         if (not self.lean_graph or self.run_eagerly
                 or self.steps_per_execution != 1):
+            super().make_train_function(force=True)
             return self.train_function
         strategy = self.distribute_strategy
 

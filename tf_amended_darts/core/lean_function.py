@@ -36,9 +36,11 @@ What it gives up, compared with `tf.function`:
   (it does so by itself when it interpolates the error).
 
 It uses TensorFlow's private ``AtomicFunction`` and ``ConcreteFunction``
-internals (TF 2.16-2.21); where they are missing, `LeanFunction` says so
-with a warning and keeps the `tf.function` and its graph (``lean`` then
-reads False), so a job still runs, with the old memory.
+internals, as they are in TensorFlow 2.21 (the version setup.py pins;
+tests/core/test_lean_function.py fails if they change); where they are
+missing, `LeanFunction` says so with a warning and keeps the `tf.function`
+and its graph (``lean`` then reads False), so a job still runs, with the
+old memory.
 """
 
 import ctypes
