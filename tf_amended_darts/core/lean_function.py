@@ -45,6 +45,7 @@ old memory.
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import threading
 import time
@@ -85,14 +86,23 @@ def _malloc_trim():
     heap, which the large tensors of a step (above the mmap threshold the
     jobs set, 64 KiB) never reuse; without this the graph's memory stays
     resident through the step's peak."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    trim = _libc_malloc_trim()
+    if trim is None:
         return False
-    trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+@functools.cache
+def _libc_malloc_trim():
+    """glibc's ``malloc_trim``, or None (looked up once: `find_library`
+    runs ``ldconfig``)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
 
 
 def _graph_free(atomic):
@@ -194,17 +204,17 @@ class LeanFunction:
     def trace(self, *args):
         """Traces for ``args`` unless a trace for their signature exists;
         returns that trace's record (see ``last_trace``)."""
-        key = _key(args)
-        if key not in self._traces:
-            self._traces[key] = self._new_trace(args)
-        return self._traces[key].record
+        return self._trace_for(args).record
 
     def __call__(self, *args):
+        return self._trace_for(args)(args)
+
+    def _trace_for(self, args):
         key = _key(args)
         trace = self._traces.get(key)
         if trace is None:
             trace = self._traces[key] = self._new_trace(args)
-        return trace(args)
+        return trace
 
     def _new_trace(self, args):
         t0 = time.perf_counter()
@@ -220,6 +230,7 @@ class LeanFunction:
             concrete = function.get_concrete_function(*args)
             registered = _custom_gradient_names() - before
         trace = _Trace(function, concrete)
+        del concrete, function  # the trace holds them only as a fallback
         freed = 0
         if trace.runtime is None:
             if self.lean:
@@ -236,8 +247,6 @@ class LeanFunction:
             for name in registered:
                 entries.pop(name, None)
             freed = len(registered)
-        del concrete, function
-        if trace.runtime is not None:
             gc.collect()  # the graph's Python objects hold reference cycles
             _malloc_trim()
         self.trace_count += 1
