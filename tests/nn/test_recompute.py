@@ -99,21 +99,47 @@ def test_recomputed_second_derivatives_equal_explicit_hessian(seed):
     )
 
 
-def test_recomputed_graph_keeps_no_interior_for_the_second_pass():
-    # The recomputation is real: without it each block's interior (one
-    # tanh) is built once and kept; with it six times per block: the
-    # forward, the first backward's recomputation, and in each of the two
-    # outer passes (H v, D H v) the second-level recomputation plus the
-    # first-level gradient of the forward op, which the outer tape reaches
-    # through the block's output.
+def _tanh_count(node_defs):
+    return sum(n.op == "Tanh" for n in node_defs)
+
+
+def test_recomputations_are_calls_of_one_function_per_level():
+    # The recomputation is real and reuses its functions: without it each
+    # block's interior (one tanh) is built once in the step's graph and
+    # kept; with it the step's graph holds only the forward's tanh, and
+    # each block has one first-level function (forward + backward) and
+    # one second-level function, each with one tanh, defined once and
+    # called by every pass that needs it: the first level by the first
+    # backward and by both outer passes (H v, D H v: the outer tape
+    # reaches the forward op through the block's output), the second
+    # level by both outer passes.
     x, y, w, a = _problem(0)
     v = [tf.ones_like(t) for t in w]
 
-    def count(recomputed):
+    def graph_def(recomputed):
         loss = _loss(x, y, recomputed)
         fn = tf.function(lambda: bilevel.amended_product_exact(loss, w, a, v))
-        graph = fn.get_concrete_function().graph.as_graph_def()
-        return sum(n.op == "Tanh" for n in graph.node)
+        return fn.get_concrete_function().graph.as_graph_def()
 
-    assert count(False) == 2
-    assert count(True) == 12
+    plain = graph_def(False)
+    assert _tanh_count(plain.node) == 2
+    assert not plain.library.function
+
+    recomputed = graph_def(True)
+    assert _tanh_count(recomputed.node) == 2
+    bodies = {
+        f.signature.name: f
+        for f in recomputed.library.function
+        if _tanh_count(f.node_def)
+    }
+    assert len(bodies) == 4  # two levels x two blocks
+    assert all(_tanh_count(f.node_def) == 1 for f in bodies.values())
+    assert all(f.attr["_noinline"].b for f in bodies.values())
+    calls = [
+        n.attr["f"].func.name
+        for n in recomputed.node
+        if n.op in ("PartitionedCall", "StatefulPartitionedCall")
+    ]
+    per_body = sorted(calls.count(name) for name in bodies)
+    assert per_body == [2, 2, 3, 3]
+    assert len(calls) == sum(per_body)

@@ -1,12 +1,24 @@
 """Recomputation of a block's forward pass, exact to second order.
 
-`recompute(fn, xs)` returns ``fn(xs)`` without keeping the block's
-activations for its backward pass: the first backward pass recomputes the
+`Recomputed(fn)(xs)` returns ``fn(xs)`` without keeping the block's
+activations for its backward passes: the first backward pass recomputes the
 block under its own tape, and that backward pass is itself a
 `tf.custom_gradient` whose gradient (the double backward of the nested
 tapes in `core.bilevel`) recomputes the block's forward and backward pass
 again. A tape, inner or outer, therefore keeps only the block's inputs,
 output and incoming gradient, never its interior.
+
+Each recomputation is a call of one of two traced functions per block and
+input signature, not a fresh copy of the block's ops: the first-level VJP
+(forward + backward) and the second-level product (forward + backward +
+its backward). They are marked ``_noinline``, so that TensorFlow's runtime
+instantiates each once and runs every call on it (inlined, as function
+calls are by default, each call would be a copy again: the graph of an
+S1 step with all cells recomputed grew from 268k to 503k nodes, whose
+memory ate what the activations saved; benchmarks/s1_cpu.md, sections 8
+and 10). The ``H v`` and ``D H v`` passes of the amended product call the
+same second-level function. Intermediate tensors of a call die when the
+call returns.
 
 `tf.recompute_grad` is not enough for the nested tapes of the amended
 product: its gradient function runs the recomputation under the outer
@@ -15,21 +27,23 @@ tape, which then keeps the recomputed activations for the double backward
 
 Values are those of the plain block (the same ops run on the same
 inputs); tests/nn/test_recompute.py checks ``H v`` and ``D H v`` against
-explicit Hessians in float64. Each recomputation waits (control
-dependency) for the gradient it serves.
-
-Measured, not used by the package (issue 13; benchmarks/s1_cpu.md
-section 8, "Recomputed cells"): recomputing the supernet's cells in the
-amended exact step (benchmarks/probe/recompute_cells.py) nearly doubles
-the graph, and on S1 at batch 32 raises the peak RSS (18.3 GB against
-15.2 GB) and nearly doubles the time per step.
+explicit Hessians in float64. A recomputation runs when its call's inputs
+exist, i.e. once the gradient it serves does.
 
 Third and higher derivatives through a recomputed block are not
-supported (the second-level gradient is not itself recorded for a
-further tape).
+supported (the second-level product is called with the tapes stopped).
 """
 
 import tensorflow as tf
+
+try:  # Private: stops every active tape (the calls below record nothing).
+    from tensorflow.python.eager import record as _tape_record
+except ImportError:  # pragma: no cover - layout of a future TF
+    _tape_record = None
+
+# Function attribute that keeps TensorFlow's runtime from inlining a call
+# (tf.function's experimental_attributes; TF 2.21).
+_NO_INLINE = {"_noinline": True}
 
 
 def _zeros_for_none(grads, like):
@@ -39,52 +53,114 @@ def _zeros_for_none(grads, like):
     ]
 
 
-def _distinct(xs, after):
-    """Fresh tensors for ``xs`` that exist only once the tensors ``after``
-    do. Fresh: a tensor passed twice (a cell's two inputs are one tensor
-    after the stem) gets one gradient per position, not the total twice.
-    After: the executor runs every op whose inputs are ready, so without
-    the dependency each recomputation would run as soon as the block's
-    inputs exist (early in the forward pass) and hold its activations as
-    long as without recomputation."""
-    with tf.control_dependencies(list(after)):
-        return [tf.identity(x) for x in xs]
-
-
 def _vjp(fn, xs, dy):
-    """``(d fn / d xs)^T dy`` from one recomputed forward and backward,
-    started when ``dy`` exists."""
-    xs = _distinct(xs, [dy])
+    """``(d fn / d xs)^T dy`` by one forward and one backward pass."""
     with tf.GradientTape() as tape:
         tape.watch(xs)
         y = fn(xs)
     return _zeros_for_none(tape.gradient(y, xs, output_gradients=dy), xs)
 
 
-def _recomputed_vjp(fn, xs, dy):
-    """`_vjp` whose own gradient recomputes it (second level)."""
-    n = len(xs)
+def _call_unrecorded(function, args, name):
+    """``function(*args)`` that no active tape records.
 
-    @tf.custom_gradient
-    def vjp(*args):
-        grads = _vjp(fn, list(args[:n]), args[n])
+    Traced first, with the tapes running (the traced body differentiates
+    with its own tape); called with every tape stopped: a call that a tape
+    watched would make TensorFlow trace a variant returning the
+    function's intermediate tensors, to differentiate it later.
 
-        def grad(*upstream):
-            upstream = _zeros_for_none(list(upstream), grads)
-            ins = _distinct(args, upstream)
-            with tf.GradientTape() as tape:
-                tape.watch(ins)
-                again = _vjp(fn, ins[:n], ins[n])
-            out = tape.gradient(again, ins, output_gradients=upstream)
-            return _zeros_for_none(out, ins)
+    Raises:
+        ValueError: when the traced body captures a tensor from outside
+            (a later call with the same signature would silently reuse the
+            first call's tensor, and no derivative would reach it).
+    """
+    concrete = function.get_concrete_function(*args)
+    if concrete.captured_inputs:
+        captured = [t.name for t in concrete.graph.internal_captures]
+        raise ValueError(
+            f"The recomputed block {name!r} reads tensors that are not "
+            f"among its inputs: {captured}. Pass every tensor it reads "
+            "(variable values included) through its input list."
+        )
+    if _tape_record is None:  # pragma: no cover - layout of a future TF
+        return concrete(*args)
+    with _tape_record.stop_recording():
+        return concrete(*args)
 
-        return grads, grad
 
-    return vjp(*xs, dy)
+class Recomputed:
+    """A block ``fn`` whose derivatives recompute it (see the module).
+
+    Args:
+        fn: a pure function of a list of floating tensors returning one
+            floating tensor (any state it reads must come through the
+            list; tensors it captures get no derivative).
+        name: a name for the traced functions (debugging and profiles).
+    """
+
+    def __init__(self, fn, name="recomputed"):
+        self.fn = fn
+        self.name = name
+        options = dict(autograph=False, experimental_attributes=_NO_INLINE)
+        self._first = tf.function(self._first_level, **options)
+        self._second = tf.function(self._second_level, **options)
+
+    def _first_level(self, *args):
+        """``(xs..., dy)`` -> the VJP of ``fn`` at ``xs`` along ``dy``."""
+        return _vjp(self.fn, list(args[:-1]), args[-1])
+
+    def _second_level(self, *args):
+        """``(xs..., dy, upstream...)`` -> the VJP of `_first_level` at
+        ``(xs, dy)`` along ``upstream``."""
+        n = (len(args) - 1) // 2  # len(xs) == len(upstream)
+        ins, upstream = list(args[: n + 1]), list(args[n + 1 :])
+        with tf.GradientTape() as tape:
+            tape.watch(ins)
+            again = _vjp(self.fn, ins[:n], ins[n])
+        return _zeros_for_none(
+            tape.gradient(again, ins, output_gradients=upstream), ins
+        )
+
+    def __call__(self, xs):
+        """``fn(xs)``, recomputed when a derivative is needed."""
+        xs = [tf.convert_to_tensor(x) for x in xs]
+
+        @tf.custom_gradient
+        def forward(*args):
+            y = self.fn(list(args))
+
+            def grad(dy):
+                return self._vjp(list(args), dy)
+
+            return y, grad
+
+        return forward(*xs)
+
+    def _vjp(self, xs, dy):
+        """The first-level VJP as one recorded op whose own gradient is
+        the second-level function."""
+
+        @tf.custom_gradient
+        def vjp(*args):
+            grads = _call_unrecorded(self._first, args, self.name)
+
+            def grad(*upstream):
+                upstream = _zeros_for_none(list(upstream), grads)
+                return _call_unrecorded(
+                    self._second, (*args, *upstream), self.name
+                )
+
+            return grads, grad
+
+        return vjp(*xs, dy)
 
 
 def recompute(fn, xs):
     """``fn(xs)``, recomputed when its first or second derivative is needed.
+
+    One-off form of `Recomputed`: the traced functions are reused within
+    this call's derivatives (the ``H v`` and ``D H v`` passes); build a
+    `Recomputed` once to reuse them across calls of the same signature.
 
     Args:
         fn: a pure function of a list of floating tensors returning one
@@ -94,15 +170,4 @@ def recompute(fn, xs):
     Returns:
         ``fn(xs)``.
     """
-    xs = [tf.convert_to_tensor(x) for x in xs]
-
-    @tf.custom_gradient
-    def forward(*args):
-        y = fn(list(args))
-
-        def grad(dy):
-            return _recomputed_vjp(fn, list(args), dy)
-
-        return y, grad
-
-    return forward(*xs)
+    return Recomputed(fn)(xs)

@@ -32,6 +32,7 @@ from keras import ops as kops
 from tf_amended_darts.core import hparams
 from tf_amended_darts.nn.base import output_dtype_policy
 from tf_amended_darts.nn.batch_norm import BatchNorm
+from tf_amended_darts.nn.contexts import statistics_frozen
 from tf_amended_darts.nn.conv import Conv2D
 from tf_amended_darts.nn.linear import Linear
 from tf_amended_darts.nn.validate import check_bool, check_int, check_prob
@@ -39,6 +40,10 @@ from tf_amended_darts.vision import derive, stochastic_paths
 from tf_amended_darts.vision import search_space as S
 from tf_amended_darts.vision.auxiliary import AuxiliaryHeadCIFAR
 from tf_amended_darts.vision.cells import SearchCell
+from tf_amended_darts.vision.recomputed_cells import (
+    RecomputedCell,
+    check_supported,
+)
 from tf_amended_darts.vision.stochastic_paths import StochasticPaths
 
 # Weight-file entries of the seed-generator states (re-exported).
@@ -102,6 +107,10 @@ class SearchNetwork(StochasticPaths, keras.Model):
             non-trainable variable assignable as
             ``net.skip_dropout_prob = p`` (a schedule), with its own seed
             generator.
+        recompute_cells: run the cells through `RecomputedCell` in the
+            estimator's passes (training mode, frozen statistics): much
+            less memory for the second-order products, more time; not with
+            drop-path, skip dropout or the noise operator.
         **kwargs: passed to `keras.Model`.
 
     Drop-path masks come from one `keras.random.SeedGenerator` of the
@@ -132,10 +141,12 @@ class SearchNetwork(StochasticPaths, keras.Model):
         partial_channels=1,
         edge_normalization=False,
         skip_dropout_prob=0.0,
+        recompute_cells=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_bool("auxiliary", auxiliary)
+        check_bool("recompute_cells", recompute_cells)
         check_bool("edge_normalization", edge_normalization)
         check_int("partial_channels", partial_channels)
         drop_path_prob = check_prob("drop_path_prob", drop_path_prob)
@@ -175,6 +186,10 @@ class SearchNetwork(StochasticPaths, keras.Model):
         self.edge_normalization = edge_normalization
         self.edge_operators = self._check_edge_operators(edge_operators)
         self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
+        check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
+                        self.operators, S.NOISE_OP)
+        self.recompute_cells = recompute_cells
+        self._recomputed = {}  # cell index -> RecomputedCell
 
         c_curr = stem_multiplier * init_channels
         self.stem_conv = Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
@@ -421,19 +436,29 @@ class SearchNetwork(StochasticPaths, keras.Model):
             else {}
         )
         aux_logits = None
+        recompute = (
+            self.recompute_cells and training and statistics_frozen()
+        )
         for i, cell in enumerate(self.cells):
             key = self.arch_key(i)
-            out = cell(
-                (s0, s1),
-                weights[key],
-                pairs.get(key),
-                training=training,
-                drop_prob=drop_prob,
-                seed=seed,
-                edge_scales=scales.get(key),
-                skip_drop_prob=skip_prob,
-                skip_seed=skip_seed,
-            )
+            if recompute:
+                if i not in self._recomputed:
+                    self._recomputed[i] = RecomputedCell(cell)
+                out = self._recomputed[i](
+                    (s0, s1), weights[key], pairs.get(key), scales.get(key)
+                )
+            else:
+                out = cell(
+                    (s0, s1),
+                    weights[key],
+                    pairs.get(key),
+                    training=training,
+                    drop_prob=drop_prob,
+                    seed=seed,
+                    edge_scales=scales.get(key),
+                    skip_drop_prob=skip_prob,
+                    skip_seed=skip_seed,
+                )
             s0, s1 = s1, out
             if (
                 i == self.aux_index
@@ -579,6 +604,7 @@ class SearchNetwork(StochasticPaths, keras.Model):
             partial_channels=self.partial_channels,
             edge_normalization=self.edge_normalization,
             skip_dropout_prob=self.initial_skip_dropout_prob,
+            recompute_cells=self.recompute_cells,
         )
         return config
 

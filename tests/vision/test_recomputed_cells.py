@@ -1,0 +1,172 @@
+"""Recomputed search cells (`SearchNetwork(recompute_cells=True)`): the
+same architecture gradients as the plain network in float64, the weight
+step untouched, and the options it refuses."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_amended_darts.core import engine
+from tf_amended_darts.jobs import precision
+from tf_amended_darts.nn.recompute import Recomputed
+from tf_amended_darts.vision.search_space import DARTS_PRIMITIVES
+from tf_amended_darts.vision.supernet import SearchNetwork
+
+SIZE = 8
+BATCH = 4
+# A small float64 supernet: a pool, identity, a separable and a dilated
+# convolution, two nodes per cell (five edges), so that the default suite
+# traces its second-order steps in seconds; the slow case below runs every
+# DARTS operator on four nodes.
+SMALL_OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3",
+             "dil_conv_3x3")
+SHAPE = {"layers": 3, "init_channels": 4, "steps": 2, "multiplier": 2,
+         "operators": SMALL_OPS}
+FULL = {"steps": 4, "multiplier": 4,
+        "operators": DARTS_PRIMITIVES}
+
+
+def _search(recompute, arch_grad, hvp="exact", **shape):
+    keras.utils.set_random_seed(0)
+    net = precision.search_network(
+        "float64", 10, SIZE, recompute_cells=recompute, **{**SHAPE, **shape}
+    )
+    search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
+    search.compile()
+    return search
+
+
+def _batches():
+    rng = np.random.default_rng(1)
+    return [
+        (
+            tf.constant(rng.normal(size=(BATCH, SIZE, SIZE, 3))),
+            tf.constant(rng.integers(0, 10, BATCH), tf.int32),
+        )
+        for _ in range(2)
+    ]
+
+
+def _flat(xs):
+    return np.concatenate([np.ravel(x) for x in xs])
+
+
+def _arch_gradient(search, train, val):
+    step = tf.function(lambda: search.arch_gradient(train, val)[0])
+    return step()
+
+
+@pytest.mark.parametrize(
+    "arch_grad,shape",
+    [
+        ("amended", {}),
+        pytest.param("second_order", {}, marks=pytest.mark.slow),
+        pytest.param("first_order", {}, marks=pytest.mark.slow),
+        # PC-DARTS: partial channels and edge-normalisation betas
+        ("amended", {"partial_channels": 2, "edge_normalization": True}),
+        # searched edges, stage 1: pair logits
+        pytest.param("amended", {"edges": "searched"}, marks=pytest.mark.slow),
+        pytest.param("amended", FULL, marks=pytest.mark.slow),
+    ],
+)
+def test_recomputed_cells_give_the_plain_gradients(arch_grad, shape):
+    train, val = _batches()
+    plain = _search(False, arch_grad, **shape)
+    recomputed = _search(True, arch_grad, **shape)
+    pairs = zip(plain.network.weights, recomputed.network.weights, strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    expected = _arch_gradient(plain, train, val)
+    result = _arch_gradient(recomputed, train, val)
+    for name in ("arch_grads", "g1", "g2"):
+        want, got = _flat(getattr(expected, name)), _flat(getattr(result, name))
+        scale = max(np.linalg.norm(want), 1e-30)
+        assert np.linalg.norm(got - want) <= 1e-12 * scale, name
+    np.testing.assert_allclose(
+        result.val_loss, expected.val_loss, rtol=1e-14
+    )
+
+
+def test_the_weight_step_and_statistics_are_those_of_the_plain_network():
+    # One whole search step (weight step included, which updates the
+    # batch-norm statistics and runs the cells as usual).
+    train, val = _batches()
+    searches = [_search(r, "amended") for r in (False, True)]
+    for search in searches:
+        search.train_step((train, val))
+    plain, recomputed = (s.network for s in searches)
+    for a, b in zip(plain.weights, recomputed.weights, strict=True):
+        np.testing.assert_allclose(
+            b.numpy(), a.numpy(), rtol=1e-10, atol=1e-13, err_msg=a.path
+        )
+
+
+def test_recomputed_cells_shrink_the_traced_step():
+    # The cells' interiors of the second-order passes live in two reused
+    # functions per cell, not in the step's graph.
+    train, val = _batches()
+
+    def count(recompute):
+        search = _search(recompute, "amended")
+        fn = tf.function(lambda: search.arch_gradient(train, val)[0])
+        graph = fn.get_concrete_function().graph.as_graph_def()
+        noinline = [
+            f for f in graph.library.function if f.attr["_noinline"].b
+        ]
+        return len(graph.node), len(noinline)
+
+    (plain_nodes, plain_functions) = count(False)
+    (nodes, functions) = count(True)
+    assert plain_functions == 0
+    assert functions == 2 * SHAPE["layers"]
+    assert nodes < plain_nodes / 2
+
+
+def test_config_round_trip():
+    net = SearchNetwork(10, recompute_cells=True, **SHAPE)
+    assert net.get_config()["recompute_cells"] is True
+    again = SearchNetwork.from_config(net.get_config())
+    assert again.recompute_cells is True
+
+
+@pytest.mark.parametrize(
+    "kwargs,named",
+    [
+        ({"drop_path_prob": 0.2}, "drop_path_prob"),
+        ({"skip_dropout_prob": 0.1}, "skip_dropout_prob"),
+        (
+            {"operators": ("none", "noise", "sep_conv_3x3")},
+            "'noise' operator",
+        ),
+    ],
+)
+def test_options_with_random_draws_are_refused(kwargs, named):
+    with pytest.raises(ValueError, match="--recompute_cells") as info:
+        SearchNetwork(10, layers=3, init_channels=4, recompute_cells=True,
+                      **kwargs)
+    assert named in str(info.value)
+
+
+def test_recompute_cells_must_be_a_bool():
+    with pytest.raises(ValueError, match="recompute_cells"):
+        SearchNetwork(10, layers=3, init_channels=4, recompute_cells="yes")
+
+
+def test_a_block_that_captures_a_tensor_is_refused():
+    outside = tf.constant(2.0, tf.float64)
+
+    def block(xs):
+        return xs[0] * outside
+
+    x = tf.constant([1.0, 3.0], tf.float64)
+
+    @tf.function
+    def grad():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(Recomputed(block, name="capturing")([x]))
+        return tape.gradient(y, x)
+
+    with pytest.raises(ValueError, match="capturing.*not among its inputs"):
+        grad()
