@@ -145,3 +145,23 @@ def test_nodes_override_changes_the_cell(tmp_path):
     assert list(genotype.normal_concat) == [2, 3]
     history = np.load(d / "arch_history.npz")
     assert history["normal"].shape[1] == 5  # 2 + 3 edges
+
+
+def test_recompute_cells_reaches_the_network_and_refuses_drop_path(
+    tmp_path,
+):
+    config = _config(TINY + [f"--model_dir={tmp_path}", "--recompute_cells"])
+    assert config.recompute_cells
+    with pytest.raises(ValueError, match="--recompute_cells.*drop_path"):
+        _config(TINY + [f"--model_dir={tmp_path}", "--recompute_cells",
+                        "--consistency"])
+    with pytest.raises(ValueError, match="--recompute_cells.*'noise'"):
+        _config(TINY + [f"--model_dir={tmp_path}", "--recompute_cells",
+                        "--space=rdarts_s4"])
+    with pytest.raises(ValueError, match="--hvp.*--recompute_cells"):
+        _config(TINY + [f"--model_dir={tmp_path}", "--recompute_cells",
+                        "--arch_grad=amended", "--hvp=forward"])
+    network = search._search_network(
+        config, config.search_space(), 10, 8, None, 1, None
+    )
+    assert network.recompute_cells

@@ -148,6 +148,12 @@ def test_options_with_random_draws_are_refused(kwargs, named):
     assert named in str(info.value)
 
 
+def test_forward_products_are_refused():
+    net = SearchNetwork(10, recompute_cells=True, **SHAPE)
+    with pytest.raises(ValueError, match="--hvp=forward.*--recompute_cells"):
+        engine.BilevelSearch(net, arch_grad="amended", hvp="forward")
+
+
 def test_recompute_cells_must_be_a_bool():
     with pytest.raises(ValueError, match="recompute_cells"):
         SearchNetwork(10, layers=3, init_channels=4, recompute_cells="yes")

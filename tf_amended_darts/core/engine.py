@@ -173,6 +173,14 @@ class BilevelSearch(keras.Model):
             )
         self.virtual_step_clip_norm = virtual_step_clip_norm
         bilevel.validate_estimator(arch_grad, eta, hvp)
+        if hvp == "forward" and getattr(network, "recompute_cells", False):
+            # Recomputed blocks (nn/recompute.py) have reverse-mode
+            # derivatives only; a forward accumulator would not see them.
+            raise ValueError(
+                "--hvp=forward does not combine with --recompute_cells "
+                "(recomputed cells have reverse-mode derivatives only); use "
+                "--hvp=exact or --hvp=finite_difference."
+            )
         self.network = network
         self.arch_grad = arch_grad
         self.eta = float(eta)

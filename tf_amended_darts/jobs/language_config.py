@@ -85,7 +85,7 @@ VISION_ONLY_SEARCH = (
     "train_portion", "weight_lr_min", "cutout", "auxiliary",
     "auxiliary_weight", "drop_path_prob", "dtype_policy", "strategy",
     "num_gpus", "stop_when_stable", "fidelity_every",
-    "fidelity_cg_iterations", "fidelity_damping",
+    "fidelity_cg_iterations", "fidelity_damping", "recompute_cells",
 )
 VISION_ONLY_TRAIN = (
     "manual_dir", "download", "image_size", "learning_rate_min",

@@ -147,6 +147,7 @@ def _search_network(
         seed=config.seed,
         auxiliary=config.auxiliary,
         drop_path_prob=config.drop_path_prob,
+        recompute_cells=config.recompute_cells,
         dtype=config.dtype_policy,
         **kwargs,
     )

@@ -45,7 +45,7 @@ def check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
         clashes.append(f"skip_dropout_prob={skip_dropout_prob} "
                        "(--skip_dropout)")
     if noise_op in operators:
-        clashes.append(f"the {noise_op!r} operator (--space=s4)")
+        clashes.append(f"the {noise_op!r} operator (--space=rdarts_s4)")
     if clashes:
         raise ValueError(
             "`recompute_cells` (--recompute_cells) recomputes each cell "
