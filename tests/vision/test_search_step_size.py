@@ -15,6 +15,11 @@ function, TensorFlow 2.21 / Keras 3.15.1, Grappler irrelevant (tracing).
 Control edges are bounded too: a control dependency on a list of tensors
 gives every waiting op one edge per tensor, which added ~2.5 GB to the S1
 amended step with one extra node (benchmarks/s1_cpu.md section 8).
+
+With recomputed cells (`--recompute_cells`, benchmarks/s1_cpu.md section
+10) the step's own graph is bounded, and its cells must live in two
+non-inlined functions each: a recomputation that copies the cell's ops
+into the step again (18.3 GB at S1 batch 32, section 8) fails here.
 """
 
 import numpy as np
@@ -35,13 +40,15 @@ LIMITS = {
 CONTROL_EDGE_LIMITS = {
     ("amended", "exact"): 35_000,  # 29,513 at 546aaa8 (TF 2.21)
 }
+# --recompute_cells: 113,706 nodes at a64f2d1 (bench.py, TF 2.21).
+RECOMPUTED_LIMIT = 125_000
 
 
-def s1_step_nodes(arch_grad, hvp):
-    """Graph nodes and control edges of the traced S1 search step at
-    batch `BATCH`."""
+def s1_step_graph(arch_grad, hvp, recompute_cells=False):
+    """The GraphDef of the traced S1 search step at batch `BATCH`."""
     net = SearchNetwork(10, layers=S1["layers"],
-                        init_channels=S1["init_channels"])
+                        init_channels=S1["init_channels"],
+                        recompute_cells=recompute_cells)
     size = S1["size"]
     net.build((None, size, size, 3))
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
@@ -55,8 +62,13 @@ def s1_step_nodes(arch_grad, hvp):
         )
 
     step = tf.function(search.train_step)
-    graph = step.get_concrete_function((batch(), batch())).graph
-    nodes = graph.as_graph_def().node
+    return step.get_concrete_function((batch(), batch())).graph.as_graph_def()
+
+
+def s1_step_nodes(arch_grad, hvp):
+    """Graph nodes and control edges of the traced S1 search step at
+    batch `BATCH`."""
+    nodes = s1_step_graph(arch_grad, hvp).node
     control_edges = sum(
         name.startswith("^") for node in nodes for name in node.input
     )
@@ -71,3 +83,13 @@ def test_s1_search_step_graph_size(arch_grad, hvp):
           f"{control_edges} control edges")
     assert nodes <= LIMITS[arch_grad, hvp]
     assert control_edges <= CONTROL_EDGE_LIMITS[arch_grad, hvp]
+
+
+@pytest.mark.slow
+def test_s1_recomputed_step_keeps_its_cells_in_functions():
+    graph = s1_step_graph("amended", "exact", recompute_cells=True)
+    print(f"S1 amended exact step, recomputed cells: {len(graph.node)} "
+          "nodes")
+    assert len(graph.node) <= RECOMPUTED_LIMIT
+    noinline = [f for f in graph.library.function if f.attr["_noinline"].b]
+    assert len(noinline) == 2 * S1["layers"]

@@ -313,8 +313,8 @@ def define_flags(fv=flags.FLAGS):
         "Recompute each cell in the architecture step's passes instead of "
         "keeping its activations (vision/recomputed_cells.py): the same "
         "values, less than half the peak memory of the second-order "
-        "products (S1 amended exact, batch 32: 5.8 GB against 12.3), ~1.6x "
-        "the time per step (README, Benchmarks). Not with drop-path "
+        "products (S1 amended exact, batch 32: 5.9 GB against 12.3), "
+        "1.6-2.0x the time per step (README, Benchmarks). Not with drop-path "
         "(--consistency, --drop_path_prob) or the noise operator "
         "(--space=rdarts_s4).",
         **d,
