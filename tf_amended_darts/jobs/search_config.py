@@ -438,7 +438,7 @@ def validate(c):
     if not 0.0 <= c.drop_path_prob < 1.0:
         _fail("drop_path_prob", "a number in [0, 1)", c.drop_path_prob)
     check_supported(c.recompute_cells, c.drop_path_prob, 0.0,
-                    c.search_space().operators, S.NOISE_OP)
+                    c.search_space().operators)
     if c.recompute_cells and c.hvp == "forward":
         _fail("hvp", "exact or finite_difference with --recompute_cells "
               "(recomputed cells have reverse-mode derivatives only)", c.hvp)

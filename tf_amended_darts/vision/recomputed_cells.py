@@ -23,17 +23,17 @@ import keras
 
 from tf_amended_darts.nn.contexts import frozen_statistics
 from tf_amended_darts.nn.recompute import Recomputed
+from tf_amended_darts.vision.search_space import NOISE_OP
 
 
 def check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
-                    operators, noise_op):
+                    operators):
     """Raises a ValueError naming the option that excludes recomputation.
 
     Args:
         recompute_cells: the network's ``recompute_cells``.
         drop_path_prob, skip_dropout_prob: its regularisers' probabilities.
         operators: its candidate operators.
-        noise_op: the name of R-DARTS' noise operator.
     """
     if not recompute_cells:
         return
@@ -44,8 +44,8 @@ def check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
     if skip_dropout_prob > 0.0:
         clashes.append(f"skip_dropout_prob={skip_dropout_prob} "
                        "(--skip_dropout)")
-    if noise_op in operators:
-        clashes.append(f"the {noise_op!r} operator (--space=rdarts_s4)")
+    if NOISE_OP in operators:
+        clashes.append(f"the {NOISE_OP!r} operator (--space=rdarts_s4)")
     if clashes:
         raise ValueError(
             "`recompute_cells` (--recompute_cells) recomputes each cell "
@@ -64,12 +64,16 @@ class RecomputedCell:
 
     Args:
         cell: a built `SearchCell`.
+        num_pairs: how many pair-probability tensors its calls pass (one
+            per node with ``searched`` stage 1's pair logits, else 0).
+        edge_scales: whether its calls pass edge scales (PC-DARTS).
     """
 
-    def __init__(self, cell):
+    def __init__(self, cell, num_pairs=0, edge_scales=False):
         self.cell = cell
         self.variables = list(cell.trainable_variables)
-        self._layout = None
+        self.num_pairs = num_pairs
+        self.edge_scales = bool(edge_scales)
         self.block = Recomputed(self._run, name=f"{cell.name}_recomputed")
 
     def _run(self, xs):
@@ -87,10 +91,10 @@ class RecomputedCell:
                 )
 
     def _split(self, rest):
-        num_pairs, has_scales = self._layout
-        pairs = list(rest[:num_pairs]) if num_pairs else None
-        scales = rest[num_pairs] if has_scales else None
-        return pairs, scales, list(rest[num_pairs + has_scales :])
+        n, has_scales = self.num_pairs, self.edge_scales
+        pairs = list(rest[:n]) if n else None
+        scales = rest[n] if has_scales else None
+        return pairs, scales, list(rest[n + has_scales :])
 
     def __call__(self, inputs, edge_weights, pair_weights=None,
                  edge_scales=None):
@@ -98,7 +102,6 @@ class RecomputedCell:
         edge_scales=edge_scales)``, recomputed for its derivatives."""
         pairs = list(pair_weights) if pair_weights is not None else []
         scales = [edge_scales] if edge_scales is not None else []
-        self._layout = (len(pairs), len(scales))
         values = [
             keras.ops.convert_to_tensor(v.value) for v in self.variables
         ]

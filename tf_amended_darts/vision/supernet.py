@@ -187,7 +187,7 @@ class SearchNetwork(StochasticPaths, keras.Model):
         self.edge_operators = self._check_edge_operators(edge_operators)
         self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
         check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
-                        self.operators, S.NOISE_OP)
+                        self.operators)
         self.recompute_cells = recompute_cells
         self._recomputed = {}  # cell index -> RecomputedCell
 
@@ -443,7 +443,11 @@ class SearchNetwork(StochasticPaths, keras.Model):
             key = self.arch_key(i)
             if recompute:
                 if i not in self._recomputed:
-                    self._recomputed[i] = RecomputedCell(cell)
+                    self._recomputed[i] = RecomputedCell(
+                        cell,
+                        num_pairs=len(pairs.get(key, ())),
+                        edge_scales=key in scales,
+                    )
                 out = self._recomputed[i](
                     (s0, s1), weights[key], pairs.get(key), scales.get(key)
                 )
