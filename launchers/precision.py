@@ -4,7 +4,8 @@
     python launchers/precision.py --seeds=0,1,2 --batch_size=16
     python launchers/precision.py --rows=mixed_bfloat16:float32:1 --graph
 
-Each row ``policy:reference:loss_scale[:batches]`` builds the same super-network
+Each row ``policy:reference:loss_scale[:option...]`` builds the same
+super-network
 (random batches, the weights of ``--seeds``) under both policies and prints
 the relative error ``||x - x_ref|| / ||x_ref||`` of each vector the search
 reads (`tf_amended_darts.jobs.precision.PRODUCTS`): ``g1``, ``v``, the weight
@@ -13,10 +14,15 @@ and the amended estimate ``g1 - eta D H v``. With several seeds a cell is
 the median and [max] over them. A row ending in ``:other_batches``
 evaluates ``policy`` on two other batches (same weights): with ``policy ==
 reference`` it measures the sampling noise of each vector, the scale a
-precision error is to be judged against. benchmarks/precision.md holds a
+precision error is to be judged against. A row ending in ``:recompute``
+computes ``policy``'s vectors with recomputed cells (the search's
+``--recompute_cells``; the reference's are plain): its error against a
+float64 reference is the option's, next to the plain float32 row's.
+benchmarks/precision.md holds a
 measured table and the decision it led to.
 """
 
+import collections
 import os
 import sys
 import time
@@ -32,12 +38,16 @@ from tf_amended_darts.vision import search_space as S  # noqa: E402
 
 DEFAULT_ROWS = (
     "float32:float64:1",
+    "float32:float64:1:recompute",
     "mixed_bfloat16:float32:1",
     "mixed_float16:float32:1",
     "mixed_float16:float32:1024",
     "float32:float32:1:other_batches",
 )
 OTHER_BATCHES = "other_batches"
+# The measured network recomputes its cells (--recompute_cells).
+RECOMPUTE = "recompute"
+ROW_OPTIONS = (OTHER_BATCHES, RECOMPUTE)
 # Seed offset of the other batches of an ``:other_batches`` row.
 OTHER_BATCH_SEED_OFFSET = 1000
 
@@ -64,14 +74,22 @@ def define_flags(fv=flags.FLAGS):
     )
 
 
+Row = collections.namedtuple(
+    "Row", ["policy", "reference", "loss_scale", "other_batches", "recompute"]
+)
+
+
 def parse_row(text):
-    """``(policy, reference, loss_scale, other_batches)`` of a row."""
+    """The `Row` of ``policy:reference:loss_scale[:option...]``."""
     parts = text.split(":")
-    if len(parts) not in (3, 4) or parts[3:] not in ([], [OTHER_BATCHES]):
+    options = parts[3:]
+    if (len(parts) < 3 or any(o not in ROW_OPTIONS for o in options)
+            or len(set(options)) != len(options)):
         raise ValueError(
             f"Invalid --rows entry {text!r}. Accepted values: "
-            "policy:reference:loss_scale[:other_batches], e.g. "
-            "mixed_bfloat16:float32:1."
+            "policy:reference:loss_scale[:option...] with options among "
+            f"{', '.join(ROW_OPTIONS)}, e.g. mixed_bfloat16:float32:1 or "
+            f"float32:float64:1:{RECOMPUTE}."
         )
     try:
         scale = float(parts[2])
@@ -82,16 +100,20 @@ def parse_row(text):
             f"Invalid --rows entry {text!r}: the loss scale must be a "
             "number > 0."
         )
-    return parts[0], parts[1], scale, len(parts) == 4
+    return Row(parts[0], parts[1], scale, OTHER_BATCHES in options,
+               RECOMPUTE in options)
 
 
 def table(results):
     """A Markdown table: one row per setting, one column per product."""
     head = ["policy", "reference", "loss scale"] + list(precision.PRODUCTS)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (policy, reference, scale, other), runs in results:
+    for row, runs in results:
+        policy, reference, scale, other, recompute = Row(*row)
         if other:
             policy += " (other batches)"
+        if recompute:
+            policy += " (recomputed cells)"
         cells = [policy, reference, f"{scale:g}"]
         for name in precision.PRODUCTS:
             values = [run[name] for run in runs]
@@ -111,7 +133,7 @@ def main(argv, fv=flags.FLAGS):
     seeds = [int(s) for s in fv.seeds]
     results = []
     for row in rows:
-        policy, reference, scale, other = row
+        policy, reference, scale, other, recompute = row
         runs = []
         for seed in seeds:
             began = time.time()
@@ -130,11 +152,13 @@ def main(argv, fv=flags.FLAGS):
                     batch_seed=(
                         seed + OTHER_BATCH_SEED_OFFSET if other else None
                     ),
+                    recompute_cells=recompute,
                 )
             )
             print(
                 f"{policy} vs {reference} (S={scale:g}, seed {seed}"
-                f"{', other batches' if other else ''}): "
+                f"{', other batches' if other else ''}"
+                f"{', recomputed cells' if recompute else ''}): "
                 f"{time.time() - began:.0f} s",
                 flush=True,
             )

@@ -100,9 +100,13 @@ def test_launcher_rows_and_table():
         "float32",
         1024.0,
         False,
+        False,
     )
-    assert launcher.parse_row("float32:float32:1:other_batches")[3]
-    for bad in ("mixed_float16:float32", "a:b:-1", "a:b:x", "a:b:1:c"):
+    assert launcher.parse_row("float32:float32:1:other_batches").other_batches
+    row = launcher.parse_row("float32:float64:1:recompute:other_batches")
+    assert row.recompute and row.other_batches
+    for bad in ("mixed_float16:float32", "a:b:-1", "a:b:x", "a:b:1:c",
+                "a:b:1:recompute:recompute"):
         with pytest.raises(ValueError, match="--rows"):
             launcher.parse_row(bad)
     fv = flags.FlagValues()
@@ -110,6 +114,35 @@ def test_launcher_rows_and_table():
     fv(["precision"])
     assert fv.rows == list(launcher.DEFAULT_ROWS)
     runs = [{name: 0.5 for name in precision.PRODUCTS}] * 2
-    text = launcher.table([(("mixed_bfloat16", "float32", 1.0, False), runs)])
+    text = launcher.table([
+        (("mixed_bfloat16", "float32", 1.0, False, False), runs),
+        (("float32", "float64", 1.0, False, True), runs),
+    ])
     assert text.splitlines()[2].startswith("| mixed_bfloat16 | float32 | 1 |")
+    assert text.splitlines()[3].startswith(
+        "| float32 (recomputed cells) | float64 | 1 |")
     assert "5.0e-01 [5.0e-01]" in text
+
+
+def test_recomputed_cells_compute_the_plain_networks_vectors(monkeypatch):
+    # float64 against float64: the only difference is the recomputation,
+    # which must change no vector beyond float64 rounding (the search's
+    # --recompute_cells; tests/vision/test_recomputed_cells.py checks the
+    # step itself).
+    from tf_amended_darts.vision import recomputed_cells
+
+    calls = []
+    call = recomputed_cells.RecomputedCell.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(recomputed_cells.RecomputedCell, "__call__", counted)
+    errors = precision.product_errors(
+        "float64", "float64", recompute_cells=True, **TINY
+    )
+    assert calls  # the measured network did recompute its cells
+    for name in precision.PRODUCTS:
+        assert errors[name] < 1e-10, (name, errors[name])
+        assert errors[name + "_norm"] > 0.0, name

@@ -136,6 +136,7 @@ def products(
     graph=False,
     steps=hparams.STEPS,
     multiplier=hparams.MULTIPLIER,
+    recompute_cells=False,
 ):
     """The vectors of `PRODUCTS` under ``policy``, as float64 numpy lists.
 
@@ -152,6 +153,9 @@ def products(
             than eagerly. The kernels are the same (Grappler is off by
             default in the launchers); tracing the exact products of the
             eight-operator supernet takes minutes and gigabytes.
+        recompute_cells: the network recomputes its cells in the passes
+            (`SearchNetwork(recompute_cells=True)`, the search's
+            ``--recompute_cells``); its weights are the plain network's.
 
     Returns:
         ``(vectors, weights)``: ``{name: [np.ndarray]}`` and the network's
@@ -166,6 +170,7 @@ def products(
         seed=seed,
         steps=steps,
         multiplier=multiplier,
+        recompute_cells=recompute_cells,
     )
     if values is not None:
         for variable, value in zip(net.weights, values, strict=True):
@@ -254,6 +259,7 @@ def product_errors(
     steps=hparams.STEPS,
     multiplier=hparams.MULTIPLIER,
     batch_seed=None,
+    recompute_cells=False,
 ):
     """Relative errors of the search's products under ``policy``.
 
@@ -273,6 +279,9 @@ def product_errors(
             of ``seed`` (same weights): with ``policy == reference`` the
             "error" is then the batch-to-batch variation of each vector,
             the sampling noise a precision error is to be compared with.
+        recompute_cells: ``policy``'s network recomputes its cells in the
+            passes (the reference's does not): the error of
+            ``--recompute_cells`` under ``policy``.
 
     Returns:
         ``{name: relative error}`` for every name of `PRODUCTS`, plus
@@ -308,7 +317,8 @@ def product_errors(
     ref, weights = products(reference, None, batches, **shape)
     if batch_seed is not None:
         batches = _batches(batch_size, image_size, batch_seed)
-    got, _ = products(policy, weights, batches, loss_scale=loss_scale, **shape)
+    got, _ = products(policy, weights, batches, loss_scale=loss_scale,
+                      recompute_cells=recompute_cells, **shape)
     errors = {k: relative_error(got[k], ref[k]) for k in PRODUCTS}
     for k in PRODUCTS:
         errors[k + "_norm"] = float(
