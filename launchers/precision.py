@@ -5,21 +5,20 @@
     python launchers/precision.py --rows=mixed_bfloat16:float32:1 --graph
 
 Each row ``policy:reference:loss_scale[:option...]`` builds the same
-super-network
-(random batches, the weights of ``--seeds``) under both policies and prints
-the relative error ``||x - x_ref|| / ||x_ref||`` of each vector the search
-reads (`tf_amended_darts.jobs.precision.PRODUCTS`): ``g1``, ``v``, the weight
-step's gradient ``gw``, ``H v`` and ``D H v`` (exact and finite-difference)
-and the amended estimate ``g1 - eta D H v``. With several seeds a cell is
-the median and [max] over them. A row ending in ``:other_batches``
-evaluates ``policy`` on two other batches (same weights): with ``policy ==
-reference`` it measures the sampling noise of each vector, the scale a
-precision error is to be judged against. A row ending in ``:recompute``
-computes ``policy``'s vectors with recomputed cells (the search's
-``--recompute_cells``; the reference's are plain): its error against a
-float64 reference is the option's, next to the plain float32 row's.
-benchmarks/precision.md holds a
-measured table and the decision it led to.
+super-network (random batches, the weights of ``--seeds``) under both
+policies and prints the relative error ``||x - x_ref|| / ||x_ref||`` of
+each vector the search reads (`tf_amended_darts.jobs.precision.PRODUCTS`):
+``g1``, ``v``, the weight step's gradient ``gw``, ``H v`` and ``D H v``
+(exact and finite-difference) and the amended estimate ``g1 - eta D H v``.
+With several seeds a cell is the median and [max] over them.
+
+Options: ``:other_batches`` evaluates ``policy`` on two other batches (same
+weights): with ``policy == reference`` it measures the sampling noise of
+each vector, the scale a precision error is to be judged against.
+``:recompute`` computes ``policy``'s vectors with recomputed cells (the
+search's ``--recompute_cells``; the reference's are plain): against a
+float64 reference, the option's error next to the plain float32 row's.
+benchmarks/precision.md holds a measured table and the decision it led to.
 """
 
 import collections

@@ -118,6 +118,31 @@ def test_searched_edges_run_both_stages(tmp_path):
             == sorted(pair)
 
 
+@pytest.mark.slow  # two amended searches: ~2 minutes on 2 cores
+def test_recomputed_cells_search_as_the_plain_cells(tmp_path):
+    # The launcher end to end with --recompute_cells: the same search
+    # (architecture after every epoch, genotype) as without it, up to
+    # float32 rounding (tests/vision/test_recomputed_cells.py holds the
+    # float64 comparison of a step).
+    runs = {}
+    for name, extra in (("plain", []), ("recomputed", ["--recompute_cells"])):
+        d = tmp_path / name
+        genotype = _run(TINY + [f"--model_dir={d}", "--arch_grad=amended"]
+                        + extra)
+        config = json.loads((d / "config.json").read_text())
+        assert config["recompute_cells"] == bool(extra)
+        runs[name] = (genotype, np.load(d / "arch_history.npz"))
+    (plain, plain_history), (recomputed, history) = runs.values()
+    assert recomputed == plain
+    for key in ("normal", "reduce"):
+        assert history[key].shape == plain_history[key].shape
+        np.testing.assert_allclose(history[key], plain_history[key],
+                                   rtol=1e-4, atol=1e-6)
+    # The architecture moved: the comparison is not of two initialisations.
+    assert np.abs(plain_history["normal"][-1]
+                  - plain_history["normal"][0]).max() > 0
+
+
 @pytest.mark.parametrize("args,match", [
     (["--arch_grad=third"], "--arch_grad"),
     (["--eta=-1"], "--eta"),
