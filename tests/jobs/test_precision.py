@@ -124,6 +124,7 @@ def test_launcher_rows_and_table():
     assert "5.0e-01 [5.0e-01]" in text
 
 
+@pytest.mark.slow  # two eager float64 product sets: ~20 s
 def test_recomputed_cells_compute_the_plain_networks_vectors(monkeypatch):
     # float64 against float64: the only difference is the recomputation,
     # which must change no vector beyond float64 rounding (the search's

@@ -64,7 +64,10 @@ def _arch_gradient(search, train, val):
         pytest.param("second_order", {}, marks=pytest.mark.slow),
         pytest.param("first_order", {}, marks=pytest.mark.slow),
         # PC-DARTS: partial channels and edge-normalisation betas
-        ("amended", {"partial_channels": 2, "edge_normalization": True}),
+        pytest.param(
+            "amended", {"partial_channels": 2, "edge_normalization": True},
+            marks=pytest.mark.slow,
+        ),
         # searched edges, stage 1: pair logits
         pytest.param("amended", {"edges": "searched"}, marks=pytest.mark.slow),
         pytest.param("amended", FULL, marks=pytest.mark.slow),
