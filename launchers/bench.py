@@ -97,10 +97,6 @@ def define_flags(fv=flags.FLAGS):
                       "recompute_cells=True), as the search's "
                       "--recompute_cells): less memory, more time.",
                       flag_values=fv)
-    flags.DEFINE_integer("recompute_first_cells", 0, "With "
-                         "--recompute_cells, recompute only the first N "
-                         "cells (0: every cell), as the search's flag.",
-                         flag_values=fv)
     flags.DEFINE_float("max_rss_gb", 16.0, "Stop a configuration whose "
                        "resident memory passes this many GB (0: never), "
                        "before the kernel's OOM killer picks a process on a "
@@ -202,7 +198,7 @@ def make_batches(data, size, batch):
 def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
             grappler, data="synthetic", jit_compile=False,
             dtype_policy="float32", op_tracebacks=False, lean_graph=True,
-            recompute_cells=False, recompute_first_cells=0):
+            recompute_cells=False):
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
@@ -213,8 +209,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     graph_settings.configure(grappler, op_tracebacks)
     net = precision.search_network(dtype_policy, NUM_CLASSES, size,
                                    layers=layers, init_channels=channels,
-                                   recompute_cells=recompute_cells,
-                                   recompute_first_cells=recompute_first_cells)
+                                   recompute_cells=recompute_cells)
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
     search.compile()
     batches = make_batches(data, size, batch)
@@ -274,9 +269,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "gpu_peak_mb": gpu_peak,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
         "op_tracebacks": op_tracebacks, "lean_graph": lean_graph,
-        "recompute_cells": recompute_cells,
-        "recompute_first_cells": recompute_first_cells,
-        "dtype_policy": dtype_policy,
+        "recompute_cells": recompute_cells, "dtype_policy": dtype_policy,
         "device": "GPU" if gpus else "CPU",
     }
 
@@ -291,7 +284,6 @@ def table(rows, fv, layers, channels, size):
         f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
         f"op_tracebacks={fv.op_tracebacks}, lean_graph={fv.lean_graph}, "
         f"recompute_cells={fv.recompute_cells}, "
-        f"recompute_first_cells={fv.recompute_first_cells}, "
         f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
         f"jit_compile={fv.jit_compile}, dtype_policy={fv.dtype_policy}, "
         f"device={rows[0].get('device', '?') if rows else '?'}, "
@@ -337,7 +329,6 @@ def run_one(run, batch, fv):
            f"--op_tracebacks={fv.op_tracebacks}",
            f"--lean_graph={fv.lean_graph}",
            f"--recompute_cells={fv.recompute_cells}",
-           f"--recompute_first_cells={fv.recompute_first_cells}",
            f"--max_rss_gb={fv.max_rss_gb}",
            f"--jit_compile={fv.jit_compile}",
            f"--dtype_policy={fv.dtype_policy}"]
@@ -381,8 +372,7 @@ def main(argv, fv=flags.FLAGS):
                                  sizes[0], fv.steps, fv.warmup, fv.grappler,
                                  fv.data, fv.jit_compile, fv.dtype_policy,
                                  fv.op_tracebacks, fv.lean_graph,
-                                 fv.recompute_cells,
-                                 fv.recompute_first_cells)))
+                                 fv.recompute_cells)))
         return
     rows = []
     for batch in sizes:

@@ -17,13 +17,6 @@ step, which updates the batch-norm statistics, runs the cells as usual.
 Not with drop-path, P-DARTS' skip dropout or R-DARTS' noise operator:
 their random draws would differ between a cell's computation and its
 recomputation (`check_supported` says so when the network is built).
-
-`recompute_first_cells` N recomputes the first N cells only: they hold most
-of the activations (the first cells run at the input's resolution; each
-reduction quarters the pixels and doubles the channels, halving an
-activation), while the convolutions' arithmetic, which the recomputation
-repeats, is spread more evenly over the cells. So a few cells buy most of
-the memory for part of the time (benchmarks/s1_cpu.md, section 11).
 """
 
 import keras
@@ -34,31 +27,14 @@ from tf_amended_darts.vision.search_space import NOISE_OP
 
 
 def check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
-                    operators, first_cells=0, layers=None):
+                    operators):
     """Raises a ValueError naming the option that excludes recomputation.
 
     Args:
         recompute_cells: the network's ``recompute_cells``.
         drop_path_prob, skip_dropout_prob: its regularisers' probabilities.
         operators: its candidate operators.
-        first_cells: its ``recompute_first_cells`` (0: every cell).
-        layers: its number of cells (the bound of ``first_cells``).
     """
-    if (isinstance(first_cells, bool) or not isinstance(first_cells, int)
-            or first_cells < 0
-            or (layers is not None and first_cells > layers)):
-        bound = f" and <= the cells ({layers})" if layers is not None else ""
-        raise ValueError(
-            "Expected `recompute_first_cells` (--recompute_first_cells) an "
-            f"integer >= 0{bound}; 0 recomputes every cell. Received: "
-            f"{first_cells!r}"
-        )
-    if first_cells and not recompute_cells:
-        raise ValueError(
-            "`recompute_first_cells` (--recompute_first_cells) applies with "
-            "`recompute_cells` (--recompute_cells) only. Received: "
-            f"recompute_first_cells={first_cells}, recompute_cells=False."
-        )
     if not recompute_cells:
         return
     clashes = []

@@ -111,9 +111,6 @@ class SearchNetwork(StochasticPaths, keras.Model):
             estimator's passes (training mode, frozen statistics): much
             less memory for the second-order products, more time; not with
             drop-path, skip dropout or the noise operator.
-        recompute_first_cells: with ``recompute_cells``, recompute only
-            the first N cells (those with the largest activations); 0, the
-            default, recomputes every cell.
         **kwargs: passed to `keras.Model`.
 
     Drop-path masks come from one `keras.random.SeedGenerator` of the
@@ -145,7 +142,6 @@ class SearchNetwork(StochasticPaths, keras.Model):
         edge_normalization=False,
         skip_dropout_prob=0.0,
         recompute_cells=False,
-        recompute_first_cells=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -191,9 +187,8 @@ class SearchNetwork(StochasticPaths, keras.Model):
         self.edge_operators = self._check_edge_operators(edge_operators)
         self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
         check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
-                        self.operators, recompute_first_cells, layers)
+                        self.operators)
         self.recompute_cells = recompute_cells
-        self.recompute_first_cells = recompute_first_cells
         self._recomputed = {}  # cell index -> RecomputedCell
 
         c_curr = stem_multiplier * init_channels
@@ -446,8 +441,7 @@ class SearchNetwork(StochasticPaths, keras.Model):
         )
         for i, cell in enumerate(self.cells):
             key = self.arch_key(i)
-            if recompute and i < (self.recompute_first_cells
-                                   or self.num_layers):
+            if recompute:
                 if i not in self._recomputed:
                     self._recomputed[i] = RecomputedCell(
                         cell,
@@ -615,7 +609,6 @@ class SearchNetwork(StochasticPaths, keras.Model):
             edge_normalization=self.edge_normalization,
             skip_dropout_prob=self.initial_skip_dropout_prob,
             recompute_cells=self.recompute_cells,
-            recompute_first_cells=self.recompute_first_cells,
         )
         return config
 
