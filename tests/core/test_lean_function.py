@@ -95,6 +95,21 @@ def test_a_new_signature_traces_again_and_reuses_old_traces():
     assert lean.trace_count == 2 and len(graphs) == 2
 
 
+def test_each_trace_is_announced_with_its_size():
+    x, y = _inputs()
+    _, step, _ = _model_and_step()
+    lines = []
+    lean = LeanFunction(step, announce=lines.append, name="the toy step")
+    lean(x, y)
+    lean(x, y)  # the same signature: no trace, nothing said
+    assert len(lines) == 2
+    nodes = lean.last_trace["graph_nodes"]
+    assert lines[0] == "Tracing the toy step (trace 1)..."
+    assert lines[1].startswith(f"Traced the toy step: {nodes:,} graph nodes")
+    lean(x[:2], y[:2])
+    assert len(lines) == 4 and lines[2].endswith("(trace 2)...")
+
+
 def test_nested_functions_run_without_their_graphs():
     # A step calling another tf.function (Keras' layout: an iterator loop
     # around a step) and a while loop: the runtime functions they need

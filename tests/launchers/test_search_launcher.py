@@ -33,9 +33,14 @@ def _run(args):
     return launcher.run_search(fv)
 
 
-def test_search_writes_the_run_directory(tmp_path):
+def test_search_writes_the_run_directory(tmp_path, capsys):
     d = tmp_path / "run"
-    genotype = _run(TINY + [f"--model_dir={d}", "--arch_grad=amended"])
+    genotype = _run(TINY + [f"--model_dir={d}", "--arch_grad=amended",
+                            "--verbose=2"])
+    # The minutes of tracing before the first step are announced.
+    out = capsys.readouterr().out
+    assert "Tracing the search step (trace 1)..." in out
+    assert "Traced the search step: " in out
     assert G.load(str(d / "genotype.json")) == genotype
     for name in ("config.json", "flags.txt", "genotype_normal.png",
                  "genotype_reduce.png", "arch_history.npz", "metrics.csv",

@@ -164,6 +164,9 @@ class BilevelSearch(keras.Model):
     ):
         super().__init__(**kwargs)
         self.lean_graph = bool(lean_graph)
+        # A callable taking a line of text, told before and after the lean
+        # step traces (jobs set it when verbose); not part of the config.
+        self.announce_traces = None
         if virtual_step_clip_norm is not None and not (
             float(virtual_step_clip_norm) > 0
         ):
@@ -239,7 +242,8 @@ class BilevelSearch(keras.Model):
 
         jit = self.jit_compile if isinstance(self.jit_compile, bool) else None
         step = lean_function.LeanFunction(
-            one_step_on_data, jit_compile=jit, autograph=False
+            one_step_on_data, jit_compile=jit, autograph=False,
+            announce=self.announce_traces, name="the search step",
         )
 
         def function(iterator):

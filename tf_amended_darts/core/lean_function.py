@@ -178,6 +178,11 @@ class LeanFunction:
         python_function: the step; called with positional arguments only.
         jit_compile: passed to `tf.function`.
         autograph: passed to `tf.function`.
+        announce: None, or a callable taking one line of text, called
+            before and after each trace (a second-order S1 step traces for
+            minutes before its first step: the line after says how many
+            graph nodes in how many seconds).
+        name: what the announcements call the function.
 
     Attributes:
         trace_count: how many signatures were traced.
@@ -187,7 +192,8 @@ class LeanFunction:
             of the latest trace, or None before the first.
     """
 
-    def __init__(self, python_function, jit_compile=None, autograph=True):
+    def __init__(self, python_function, jit_compile=None, autograph=True,
+                 announce=None, name="the step"):
         if not callable(python_function):
             raise TypeError(
                 "LeanFunction: python_function must be callable, got "
@@ -196,6 +202,8 @@ class LeanFunction:
         self._python_function = python_function
         self._jit_compile = jit_compile
         self._autograph = autograph
+        self._announce = announce
+        self._name = name
         self._traces = {}
         self.trace_count = 0
         self.lean = True
@@ -217,6 +225,10 @@ class LeanFunction:
         return trace
 
     def _new_trace(self, args):
+        if self._announce is not None:
+            self._announce(
+                f"Tracing {self._name} (trace {self.trace_count + 1})..."
+            )
         t0 = time.perf_counter()
         # A fresh tf.function per signature: dropping it (and the
         # concrete function) is what lets the graph go.
@@ -255,4 +267,10 @@ class LeanFunction:
             "trace_s": time.perf_counter() - t0,
             "custom_gradients_freed": freed,
         }
+        if self._announce is not None:
+            self._announce(
+                f"Traced {self._name}: {trace.graph_nodes:,} graph nodes in "
+                f"{trace.record['trace_s']:.0f} s; its first call "
+                "instantiates and runs it."
+            )
         return trace

@@ -97,6 +97,8 @@ def build_search(config, vocab_size):
         classification=False,
         virtual_step_clip_norm=config.grad_clip or None,
     )
+    if config.verbose:  # a second-order step traces for minutes
+        search.announce_traces = cnn_search.announce
     search.compile(
         weight_optimizer=TorchSGD(
             config.weight_lr,

@@ -111,6 +111,12 @@ class SearchResult(NamedTuple):
     network: SearchNetwork
 
 
+def announce(line):
+    """Prints a progress line at once (the trace announcements of the
+    search step, `BilevelSearch.announce_traces`)."""
+    print(line, flush=True)
+
+
 def _data(config, epoch):
     return data.search_datasets(
         config.dataset,
@@ -203,6 +209,8 @@ def build_search(
         hvp=config.hvp,
         aux_weight=config.auxiliary_weight if config.auxiliary else 0.0,
     )
+    if config.verbose:  # a second-order step traces for minutes
+        search.announce_traces = announce
     schedule = EpochCosineDecay(
         config.weight_lr, config.weight_lr_min, config.epochs, steps_per_epoch
     )
