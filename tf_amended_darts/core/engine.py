@@ -76,6 +76,7 @@ from tf_amended_darts.core import (
     replicas,
 )
 from tf_amended_darts.core.optimizers import TorchAdam, TorchSGD
+from tf_amended_darts.nn import recompute
 from tf_amended_darts.nn.contexts import (
     frozen_statistics,
     synchronized_statistics,
@@ -176,14 +177,7 @@ class BilevelSearch(keras.Model):
             )
         self.virtual_step_clip_norm = virtual_step_clip_norm
         bilevel.validate_estimator(arch_grad, eta, hvp)
-        if hvp == "forward" and getattr(network, "recompute_cells", False):
-            # Recomputed blocks (nn/recompute.py) have reverse-mode
-            # derivatives only; a forward accumulator would not see them.
-            raise ValueError(
-                "--hvp=forward does not combine with --recompute_cells "
-                "(recomputed cells have reverse-mode derivatives only); use "
-                "--hvp=exact or --hvp=finite_difference."
-            )
+        recompute.check_hvp(getattr(network, "recompute_cells", False), hvp)
         self.network = network
         self.arch_grad = arch_grad
         self.eta = float(eta)

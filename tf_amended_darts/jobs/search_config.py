@@ -32,6 +32,7 @@ from tf_amended_darts.jobs import precision
 from tf_amended_darts.jobs import retrain_config as R
 from tf_amended_darts.jobs.errors import fail as _fail
 from tf_amended_darts.nn.drop_path import DROP_PATH_PROB
+from tf_amended_darts.nn.recompute import check_hvp
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import network as N
 from tf_amended_darts.vision import search_space as S
@@ -439,9 +440,7 @@ def validate(c):
         _fail("drop_path_prob", "a number in [0, 1)", c.drop_path_prob)
     check_supported(c.recompute_cells, c.drop_path_prob, 0.0,
                     c.search_space().operators)
-    if c.recompute_cells and c.hvp == "forward":
-        _fail("hvp", "exact or finite_difference with --recompute_cells "
-              "(recomputed cells have reverse-mode derivatives only)", c.hvp)
+    check_hvp(c.recompute_cells, c.hvp)
     if c.auxiliary_weight < 0:
         _fail("auxiliary_weight", "a number >= 0", c.auxiliary_weight)
     if c.layers and c.layers < 3:

@@ -46,6 +46,23 @@ except ImportError:  # pragma: no cover - layout of a future TF
 _NO_INLINE = {"_noinline": True}
 
 
+def check_hvp(recompute, hvp):
+    """Raises a ValueError when ``hvp`` needs forward-mode derivatives of
+    recomputed blocks, which have reverse-mode ones only (`Recomputed`).
+
+    Args:
+        recompute: whether the network recomputes blocks
+            (``--recompute_cells``).
+        hvp: the estimator's product mode (``--hvp``).
+    """
+    if recompute and hvp == "forward":
+        raise ValueError(
+            "--hvp=forward does not combine with --recompute_cells "
+            "(recomputed cells have reverse-mode derivatives only); use "
+            "--hvp=exact or --hvp=finite_difference."
+        )
+
+
 def _zeros_for_none(grads, like):
     return [
         tf.zeros_like(x) if g is None else g
