@@ -192,29 +192,39 @@ def _estimates(strategy, search, batch):
     return [x.numpy() for x in run(data)]
 
 
-def replica_worker():
-    """Measures 1 vs 2 replicas; prints ``RESULT {json}`` (subprocess)."""
+def replica_worker(estimators=ESTIMATORS):
+    """Measures 1 vs 2 replicas; prints ``RESULT {json}`` (subprocess).
+
+    ``estimators`` (``(arch_grad, hvp)`` pairs) must include amended
+    exact, the reference of the custom loop and per-replica statistics.
+    """
+    estimators = [tuple(e) for e in estimators]
     one, two = tf.distribute.get_strategy(), _two_replicas()
     out = {"updates": {}}
-    for arch_grad, hvp in ESTIMATORS:
+    one_replica = {}
+    for arch_grad, hvp in estimators:
         states = []
         for strategy in (one, two):
             search = _search(strategy, arch_grad, hvp)
             search.fit(_pairs(), epochs=1, verbose=0)
             states.append(_state(search))
         out["updates"][f"{arch_grad}/{hvp}"] = _max_diff(*states)
+        one_replica[(arch_grad, hvp)] = states[0]
+    reference = one_replica[("amended", "exact")]
     # The custom loop (multi-worker's) under mirrored equals fit.
     search = _search(two, "amended", "exact")
     custom_loop.custom_fit(search, _pairs(), steps_per_epoch=STEPS)
-    out["custom_fit"] = _max_diff(states[0], _state(search))
+    out["custom_fit"] = _max_diff(reference, _state(search))
     # Per-replica statistics change the loss: the test can see BN.
     search = _search(two, "amended", "exact", sync=False)
     search.fit(_pairs(), epochs=1, verbose=0)
-    out["per_replica_bn"] = _max_diff(states[0], _state(search))
+    out["per_replica_bn"] = _max_diff(reference, _state(search))
     # Second derivatives through synchronized BN, float64, one step.
     batch = _pairs("float64", scale=1.0).take(1)
     out["estimates_float64"] = {}
-    for arch_grad, hvp in ESTIMATORS[1:]:
+    for arch_grad, hvp in estimators:
+        if arch_grad == "first_order":
+            continue
         got = [
             _estimates(s, _search(s, arch_grad, hvp, dtype="float64"), batch)
             for s in (one, two)
@@ -224,17 +234,31 @@ def replica_worker():
     print(RESULT + json.dumps(out), flush=True)
 
 
-def test_one_and_two_replicas_give_the_same_search():
+# The default suite runs first_order and amended exact; the slow case
+# every estimator (each a fit on one and on two replicas, in one process).
+@pytest.mark.parametrize(
+    "estimators",
+    [
+        (("first_order", "exact"), ("amended", "exact")),
+        pytest.param(ESTIMATORS, marks=pytest.mark.slow),
+    ],
+    ids=["first_order_and_amended_exact", "every_estimator"],
+)
+def test_one_and_two_replicas_give_the_same_search(estimators):
     out = _run_in_subprocess(
-        "from tests.core import test_distribute as T\nT.replica_worker()\n"
+        "from tests.core import test_distribute as T\n"
+        f"T.replica_worker({list(estimators)!r})\n"
     )
     print(json.dumps(out, indent=1))
     bad = {k: v for k, v in out["updates"].items() if not v < TOLERANCE}
     assert not bad, f"1 vs 2 replicas differ: {bad}"
-    assert set(out["updates"]) == {f"{a}/{h}" for a, h in ESTIMATORS}
+    assert set(out["updates"]) == {f"{a}/{h}" for a, h in estimators}
     assert out["custom_fit"] < TOLERANCE
     # Per-replica batch statistics: another loss, other updates.
     assert out["per_replica_bn"] > 1e-3
+    assert set(out["estimates_float64"]) == {
+        f"{a}/{h}" for a, h in estimators if a != "first_order"
+    }
     bad = {k: v for k, v in out["estimates_float64"].items() if not v < 1e-10}
     assert not bad, f"float64 estimates differ (relative): {bad}"
 
@@ -262,6 +286,10 @@ def launcher_worker(search_dir, retrain_dir):
     print(RESULT + json.dumps(out), flush=True)
 
 
+# Slow: the default suite checks the mirrored strategy's numerics
+# (`test_one_and_two_replicas_give_the_same_search`) and the launchers'
+# distributed plumbing with two workers (tests/jobs/test_multi_worker.py).
+@pytest.mark.slow
 def test_launchers_run_with_the_mirrored_strategy(tmp_path):
     search_dir, retrain_dir = tmp_path / "search", tmp_path / "retrain"
     out = _run_in_subprocess(

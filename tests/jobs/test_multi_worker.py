@@ -4,11 +4,11 @@ Each worker is a fresh Python with its own ``TF_CONFIG`` (free loopback
 ports), runs a tiny search through `search.run_search` with
 ``--strategy=multi_worker`` (the custom loop over ``strategy.run``) and
 dumps its architecture variables; both must end with the same values, and
-only the chief writes the run directory. Re-training with two workers (the
-launcher's custom loop and evaluation) gives both the same result. The slow
-test also runs the search in one process (default strategy) and finds the
-same values: the two workers' replicas together see the global batch a
-single process sees (measured: 8e-7 apart after two amended steps).
+only the chief writes the run directory. Slow: re-training with two
+workers (the launcher's custom loop and evaluation) gives both the same
+result, and the search in one process (default strategy) finds the same
+values as the two workers: their replicas together see the global batch
+a single process sees (measured: 8e-7 apart after two amended steps).
 """
 
 import json
@@ -227,6 +227,9 @@ def test_two_workers_search_as_one_process(tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+# Slow: the default suite runs the two-worker search above, and re-training
+# under two replicas (tests/core/test_distribute.py, slow launcher test).
+@pytest.mark.slow
 def test_two_workers_retrain_alike(tmp_path):
     model_dir = tmp_path / "retrain"
     flags = RETRAIN_MULTI_WORKER + [f"--model_dir={model_dir}"]
