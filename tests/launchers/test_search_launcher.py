@@ -124,16 +124,19 @@ def test_searched_edges_run_both_stages(tmp_path):
 
 
 @pytest.mark.slow  # two amended searches: ~2 minutes on 2 cores
-def test_recomputed_cells_search_as_the_plain_cells(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--drop_path_prob=0.3"]],
+                         ids=["plain", "drop_path"])
+def test_recomputed_cells_search_as_the_plain_cells(tmp_path, options):
     # The launcher end to end with --recompute_cells: the same search
     # (architecture after every epoch, genotype) as without it, up to
     # float32 rounding (tests/vision/test_recomputed_cells.py holds the
-    # float64 comparison of a step).
+    # float64 comparison of a step); with drop-path, its masks are drawn
+    # alike in the recomputations.
     runs = {}
     for name, extra in (("plain", []), ("recomputed", ["--recompute_cells"])):
         d = tmp_path / name
         genotype = _run(TINY + [f"--model_dir={d}", "--arch_grad=amended"]
-                        + extra)
+                        + options + extra)
         config = json.loads((d / "config.json").read_text())
         assert config["recompute_cells"] == bool(extra)
         runs[name] = (genotype, np.load(d / "arch_history.npz"))

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tf_amended_darts.core import bilevel
-from tf_amended_darts.nn.recompute import recompute
+from tf_amended_darts.nn.recompute import Recomputed, recompute
 
 DT = tf.float64
 
@@ -143,3 +143,73 @@ def test_recomputations_are_calls_of_one_function_per_level():
     per_body = sorted(calls.count(name) for name in bodies)
     assert per_body == [2, 2, 3, 3]
     assert len(calls) == sum(per_body)
+
+
+KEEP = 0.6  # keep probability of the random block's mask
+
+
+def _mask(seed):
+    draws = tf.random.stateless_uniform((6, 1), seed, dtype=DT)
+    return tf.cast(draws < KEEP, DT) / KEEP
+
+
+def _random_block(xs, state):
+    """`_block` on inputs whose rows are dropped by a mask drawn from
+    ``state["seed"]``; the state advances as a seed generator's does."""
+    x, w, a = xs
+    seed = state["seed"]
+    y = _block([x * _mask(seed), w, a])
+    return y, {"seed": seed + tf.constant([0, 1], seed.dtype)}
+
+
+def test_a_block_with_random_draws_recomputes_the_same_draws():
+    # Oracle: the plain block with the mask of the same seed, fixed;
+    # explicit Hessians. A recomputation drawing another mask would miss.
+    x, y, w, a = _problem(2)
+    seed = tf.constant([7, 3], tf.int64)
+    block = Recomputed(_random_block, name="random")
+    after = {}
+
+    def loss_of(recomputed):
+        def f(w, a):
+            if recomputed:
+                out, state = block([x, w[0], a[0]], {"seed": seed})
+                after["seed"] = state["seed"]
+            else:
+                out = _block([x * _mask(seed), w[0], a[0]])
+            return tf.reduce_mean(tf.square(out - y))
+
+        return f
+
+    w, a = w[:1], a[:1]
+    wf, af = _flat(w), _flat(a)
+
+    @tf.function
+    def explicit():
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch([wf, af])
+            with tf.GradientTape() as inner:
+                inner.watch(wf)
+                value = loss_of(False)([tf.reshape(wf, (3, 3))], [af])
+            gw = inner.gradient(value, wf)
+        return outer.jacobian(gw, wf), tf.transpose(outer.jacobian(gw, af))
+
+    h, d = explicit()
+    v = [tf.constant(np.random.default_rng(9).normal(size=(3, 3)), DT)]
+    hv_oracle = tf.linalg.matvec(h, _flat(v))
+
+    @tf.function
+    def products():
+        hv, dhv = bilevel.amended_product_exact(loss_of(True), w, a, v)
+        return hv, dhv, after["seed"]
+
+    hv, dhv, new_seed = products()
+    np.testing.assert_allclose(_flat(hv), hv_oracle, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        _flat(dhv), tf.linalg.matvec(d, hv_oracle), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_array_equal(new_seed, [7, 4])
+    # The mask matters: it drops rows, and another seed drops others.
+    mask = _mask(seed).numpy()
+    assert 0 < np.count_nonzero(mask) < mask.size
+    assert np.any(_mask(seed + 1).numpy() != mask)

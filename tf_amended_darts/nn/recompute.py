@@ -25,6 +25,10 @@ product: its gradient function runs the recomputation under the outer
 tape, which then keeps the recomputed activations for the double backward
 (as many as without recomputation).
 
+A block that draws random numbers passes its generators' state through
+``state`` (in and out, no derivatives): every recomputation starts from the
+state its forward call received and draws the same numbers.
+
 Values are those of the plain block (the same ops run on the same
 inputs); tests/nn/test_recompute.py checks ``H v`` and ``D H v`` against
 explicit Hessians in float64. A recomputation runs when its call's inputs
@@ -108,10 +112,19 @@ def _call_unrecorded(function, args, name):
 class Recomputed:
     """A block ``fn`` whose derivatives recompute it (see the module).
 
+    A block that draws random numbers takes the state of its generators
+    as ``state`` (a nest of tensors of any dtype, e.g. a dict of lists):
+    ``fn(xs, state)`` returns ``(y, new_state)``, and every
+    recomputation calls ``fn`` with the state its forward call received,
+    so that it draws the same numbers (`vision.recomputed_cells` passes
+    its seed generators' states).
+
     Args:
         fn: a pure function of a list of floating tensors returning one
-            floating tensor (any state it reads must come through the
-            list; tensors it captures get no derivative).
+            floating tensor, or, for calls with ``state``, of that list and
+            the state returning ``(y, new_state)`` (any
+            other state it reads must come through the lists; tensors it
+            captures get no derivative).
         name: a name for the traced functions (debugging and profiles).
     """
 
@@ -122,49 +135,68 @@ class Recomputed:
         self._first = tf.function(self._first_level, **options)
         self._second = tf.function(self._second_level, **options)
 
-    def _first_level(self, *args):
-        """``(xs..., dy)`` -> the VJP of ``fn`` at ``xs`` along ``dy``."""
-        return _vjp(self.fn, list(args[:-1]), args[-1])
+    def _output(self, state):
+        """``xs -> y`` of ``fn`` for a call with ``state`` (or None)."""
+        if state is None:
+            return self.fn
+        return lambda xs: self.fn(xs, state)[0]
 
-    def _second_level(self, *args):
-        """``(xs..., dy, upstream...)`` -> the VJP of `_first_level` at
-        ``(xs, dy)`` along ``upstream``."""
-        n = (len(args) - 1) // 2  # len(xs) == len(upstream)
-        ins, upstream = list(args[: n + 1]), list(args[n + 1 :])
+    def _first_level(self, xs, dy, state):
+        """The VJP of ``fn`` at ``xs`` along ``dy``."""
+        return _vjp(self._output(state), list(xs), dy)
+
+    def _second_level(self, xs, dy, state, upstream):
+        """The VJP of `_first_level` at ``(xs, dy)`` along ``upstream``."""
+        ins = list(xs) + [dy]
         with tf.GradientTape() as tape:
             tape.watch(ins)
-            again = _vjp(self.fn, ins[:n], ins[n])
+            again = _vjp(self._output(state), ins[:-1], ins[-1])
         return _zeros_for_none(
-            tape.gradient(again, ins, output_gradients=upstream), ins
+            tape.gradient(again, ins, output_gradients=list(upstream)), ins
         )
 
-    def __call__(self, xs):
-        """``fn(xs)``, recomputed when a derivative is needed."""
+    def __call__(self, xs, state=None):
+        """``fn(xs)``, recomputed when a derivative is needed; with
+        ``state`` (a nest of tensors, no derivatives), ``fn(xs, state)``:
+        ``(y, new_state)``."""
         xs = [tf.convert_to_tensor(x) for x in xs]
+        if state is not None:
+            state = tf.nest.map_structure(tf.convert_to_tensor, state)
+        new_state = []
 
         @tf.custom_gradient
         def forward(*args):
-            y = self.fn(list(args))
+            if state is None:
+                y = self.fn(list(args))
+            else:
+                y, after = self.fn(list(args), state)
+                # Not an output of the op: a state has no derivative.
+                new_state.append(tf.nest.map_structure(tf.stop_gradient, after))
 
             def grad(dy):
-                return self._vjp(list(args), dy)
+                return self._vjp(list(args), dy, state)
 
             return y, grad
 
-        return forward(*xs)
+        y = forward(*xs)
+        if state is None:
+            return y
+        return y, new_state[0]
 
-    def _vjp(self, xs, dy):
+    def _vjp(self, xs, dy, state):
         """The first-level VJP as one recorded op whose own gradient is
         the second-level function."""
+        n = len(xs)
 
         @tf.custom_gradient
         def vjp(*args):
-            grads = _call_unrecorded(self._first, args, self.name)
+            ins, dy = list(args[:n]), args[n]
+            grads = _call_unrecorded(self._first, (ins, dy, state), self.name)
 
             def grad(*upstream):
                 upstream = _zeros_for_none(list(upstream), grads)
                 return _call_unrecorded(
-                    self._second, (*args, *upstream), self.name
+                    self._second, (ins, dy, state, upstream), self.name
                 )
 
             return grads, grad

@@ -40,10 +40,7 @@ from tf_amended_darts.vision import derive, stochastic_paths
 from tf_amended_darts.vision import search_space as S
 from tf_amended_darts.vision.auxiliary import AuxiliaryHeadCIFAR
 from tf_amended_darts.vision.cells import SearchCell
-from tf_amended_darts.vision.recomputed_cells import (
-    RecomputedCell,
-    check_supported,
-)
+from tf_amended_darts.vision.recomputed_cells import RecomputedCell
 from tf_amended_darts.vision.stochastic_paths import StochasticPaths
 
 # Weight-file entries of the seed-generator states (re-exported).
@@ -109,8 +106,8 @@ class SearchNetwork(StochasticPaths, keras.Model):
             generator.
         recompute_cells: run the cells through `RecomputedCell` in the
             estimator's passes (training mode, frozen statistics): much
-            less memory for the second-order products, more time; not with
-            drop-path, skip dropout or the noise operator.
+            less memory for the second-order products, more time (random
+            draws repeat in the recomputations).
         **kwargs: passed to `keras.Model`.
 
     Drop-path masks come from one `keras.random.SeedGenerator` of the
@@ -186,8 +183,6 @@ class SearchNetwork(StochasticPaths, keras.Model):
         self.edge_normalization = edge_normalization
         self.edge_operators = self._check_edge_operators(edge_operators)
         self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
-        check_supported(recompute_cells, drop_path_prob, skip_dropout_prob,
-                        self.operators)
         self.recompute_cells = recompute_cells
         self._recomputed = {}  # cell index -> RecomputedCell
 
@@ -447,9 +442,16 @@ class SearchNetwork(StochasticPaths, keras.Model):
                         cell,
                         num_pairs=len(pairs.get(key, ())),
                         edge_scales=key in scales,
+                        drop_path_seed=self.drop_path_seed,
+                        skip_seed=self.skip_dropout_seed,
                     )
                 out = self._recomputed[i](
-                    (s0, s1), weights[key], pairs.get(key), scales.get(key)
+                    (s0, s1),
+                    weights[key],
+                    pairs.get(key),
+                    scales.get(key),
+                    drop_prob=drop_prob,
+                    skip_drop_prob=skip_prob,
                 )
             else:
                 out = cell(
