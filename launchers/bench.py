@@ -97,6 +97,9 @@ def define_flags(fv=flags.FLAGS):
                       "recompute_cells=True), as the search's "
                       "--recompute_cells): less memory, more time.",
                       flag_values=fv)
+    flags.DEFINE_float("drop_path_prob", 0.0, "Drop-path probability of "
+                       "the search network (the search's --drop_path_prob, "
+                       "--consistency), in [0, 1).", flag_values=fv)
     flags.DEFINE_float("max_rss_gb", 16.0, "Stop a configuration whose "
                        "resident memory passes this many GB (0: never), "
                        "before the kernel's OOM killer picks a process on a "
@@ -198,7 +201,7 @@ def make_batches(data, size, batch):
 def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
             grappler, data="synthetic", jit_compile=False,
             dtype_policy="float32", op_tracebacks=False, lean_graph=True,
-            recompute_cells=False):
+            recompute_cells=False, drop_path_prob=0.0):
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
@@ -209,7 +212,8 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     graph_settings.configure(grappler, op_tracebacks)
     net = precision.search_network(dtype_policy, NUM_CLASSES, size,
                                    layers=layers, init_channels=channels,
-                                   recompute_cells=recompute_cells)
+                                   recompute_cells=recompute_cells,
+                                   drop_path_prob=drop_path_prob)
     search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
     search.compile()
     batches = make_batches(data, size, batch)
@@ -270,6 +274,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
         "op_tracebacks": op_tracebacks, "lean_graph": lean_graph,
         "recompute_cells": recompute_cells, "dtype_policy": dtype_policy,
+        "drop_path_prob": drop_path_prob,
         "device": "GPU" if gpus else "CPU",
     }
 
@@ -284,6 +289,7 @@ def table(rows, fv, layers, channels, size):
         f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
         f"op_tracebacks={fv.op_tracebacks}, lean_graph={fv.lean_graph}, "
         f"recompute_cells={fv.recompute_cells}, "
+        f"drop_path_prob={fv.drop_path_prob:g}, "
         f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
         f"jit_compile={fv.jit_compile}, dtype_policy={fv.dtype_policy}, "
         f"device={rows[0].get('device', '?') if rows else '?'}, "
@@ -329,6 +335,7 @@ def run_one(run, batch, fv):
            f"--op_tracebacks={fv.op_tracebacks}",
            f"--lean_graph={fv.lean_graph}",
            f"--recompute_cells={fv.recompute_cells}",
+           f"--drop_path_prob={fv.drop_path_prob}",
            f"--max_rss_gb={fv.max_rss_gb}",
            f"--jit_compile={fv.jit_compile}",
            f"--dtype_policy={fv.dtype_policy}"]
@@ -365,6 +372,9 @@ def main(argv, fv=flags.FLAGS):
     layers, channels, size, _ = PRESETS[fv.preset]
     with errors.usage():
         sizes = batch_sizes(fv)
+        if not 0.0 <= fv.drop_path_prob < 1.0:
+            raise ValueError("--drop_path_prob must be in [0, 1). "
+                             f"Received: {fv.drop_path_prob}")
     if fv.single:
         start_rss_guard(fv.max_rss_gb)
         arch_grad, hvp = fv.single.split(":")
@@ -372,7 +382,7 @@ def main(argv, fv=flags.FLAGS):
                                  sizes[0], fv.steps, fv.warmup, fv.grappler,
                                  fv.data, fv.jit_compile, fv.dtype_policy,
                                  fv.op_tracebacks, fv.lean_graph,
-                                 fv.recompute_cells)))
+                                 fv.recompute_cells, fv.drop_path_prob)))
         return
     rows = []
     for batch in sizes:

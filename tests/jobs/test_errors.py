@@ -144,6 +144,8 @@ BAD_FLAGS = [
     ("info", ["--genotype=NOPE"], 2, "error: --genotype:"),
     ("toy", ["--eta=-1"], 2, "error: Expected --eta"),
     ("bench", ["--batch_sizes=0"], 2, "error: Batch sizes must be >= 1"),
+    ("bench", ["--drop_path_prob=1"], 2,
+     "error: --drop_path_prob must be in [0, 1)"),
     ("precision", ["--rows=bad"], 2, "error: Invalid --rows entry 'bad'"),
 ]
 
