@@ -264,6 +264,50 @@ def test_one_and_two_replicas_give_the_same_search(estimators):
 
 
 # --------------------------------------------------------------------------
+# Recomputed cells (--recompute_cells) under two replicas.
+
+
+def recompute_worker(model_dir):
+    """Recomputed cells on two replicas: the engine and the search's set-up
+    refuse them (a synchronized batch norm inside a recomputed cell's
+    function is a `merge_call` in a nested function, which TensorFlow
+    does not support: measured, RuntimeError). Prints ``RESULT {json}``."""
+    from tf_amended_darts.jobs import precision
+    from tf_amended_darts.jobs import search as search_job
+
+    out = {}
+    with _two_replicas().scope():
+        net = precision.search_network(
+            "float64", 10, 8, layers=3, init_channels=4, steps=2,
+            multiplier=2, operators=("none", "sep_conv_3x3"),
+            recompute_cells=True,
+        )
+        try:
+            engine.BilevelSearch(net, arch_grad="amended")
+        except ValueError as error:
+            out["engine"] = str(error)
+    fv = flags.FlagValues()
+    search_config.define_flags(fv)
+    fv(["search", f"--model_dir={model_dir}", "--strategy=mirrored",
+        "--recompute_cells"])
+    try:
+        search_job.set_up(search_config.from_flags(fv))
+    except ValueError as error:
+        out["set_up"] = str(error)
+    print(RESULT + json.dumps(out), flush=True)
+
+
+def test_recomputed_cells_are_refused_on_two_replicas(tmp_path):
+    out = _run_in_subprocess(
+        "from tests.core import test_distribute as T\n"
+        f"T.recompute_worker({str(tmp_path)!r})\n"
+    )
+    assert set(out) == {"engine", "set_up"}
+    for message in out.values():
+        assert "--recompute_cells does not combine with 2 replicas" in message
+
+
+# --------------------------------------------------------------------------
 # Launchers under --strategy=mirrored (two logical CPUs).
 
 SEARCH_MIRRORED = flags_with(

@@ -177,7 +177,11 @@ class BilevelSearch(keras.Model):
             )
         self.virtual_step_clip_norm = virtual_step_clip_norm
         bilevel.validate_estimator(arch_grad, eta, hvp)
-        recompute.check_hvp(getattr(network, "recompute_cells", False), hvp)
+        recomputes = getattr(network, "recompute_cells", False)
+        recompute.check_hvp(recomputes, hvp)
+        recompute.check_replicas(
+            recomputes, tf.distribute.get_strategy().num_replicas_in_sync
+        )
         self.network = network
         self.arch_grad = arch_grad
         self.eta = float(eta)

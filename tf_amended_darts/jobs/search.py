@@ -85,6 +85,7 @@ from tf_amended_darts.jobs import (
 )
 from tf_amended_darts.jobs.stage_extras import StageExtras
 from tf_amended_darts.nn.drop_path import DropPathSchedule
+from tf_amended_darts.nn.recompute import check_replicas
 from tf_amended_darts.vision import data
 from tf_amended_darts.vision import genotype as G
 from tf_amended_darts.vision.supernet import SearchNetwork
@@ -369,10 +370,12 @@ def set_up(config):
 
     Raises:
         ValueError: naming ``--strategy``, ``--num_gpus`` or
-            ``--batch_size`` (not a multiple of the replica count).
+            ``--batch_size`` (not a multiple of the replica count), or
+            ``--recompute_cells`` with several replicas.
     """
     strategy = distribute.make_strategy(config.strategy, config.num_gpus)
     distribute.per_replica_batch_size(config.batch_size, strategy)
+    check_replicas(config.recompute_cells, strategy.num_replicas_in_sync)
     return_freed_memory()
     keras.utils.set_random_seed(config.seed)
     graph_settings.configure(

@@ -67,6 +67,29 @@ def check_hvp(recompute, hvp):
         )
 
 
+def check_replicas(recompute, num_replicas):
+    """Raises a ValueError when recomputed blocks would run on several
+    replicas: their functions are traced and called inside each replica,
+    where a cross-replica reduction (the search's synchronized batch
+    norms) is a `merge_call` that TensorFlow's distribution strategies do
+    not support inside a nested function.
+
+    Args:
+        recompute: whether the network recomputes blocks
+            (``--recompute_cells``).
+        num_replicas: the strategy's ``num_replicas_in_sync``.
+    """
+    if recompute and num_replicas > 1:
+        raise ValueError(
+            f"--recompute_cells does not combine with {num_replicas} "
+            "replicas (--strategy=mirrored or multi_worker): the batch "
+            "norms' cross-replica statistics would synchronise inside the "
+            "recomputed cells' functions, which TensorFlow's distribution "
+            "strategies do not support. Use one replica or drop "
+            "--recompute_cells."
+        )
+
+
 def _zeros_for_none(grads, like):
     return [
         tf.zeros_like(x) if g is None else g
@@ -122,9 +145,9 @@ class Recomputed:
     Args:
         fn: a pure function of a list of floating tensors returning one
             floating tensor, or, for calls with ``state``, of that list and
-            the state returning ``(y, new_state)`` (any
-            other state it reads must come through the lists; tensors it
-            captures get no derivative).
+            the state returning ``(y, new_state)`` (any other state it
+            reads must come through its arguments; tensors it captures get
+            no derivative).
         name: a name for the traced functions (debugging and profiles).
     """
 
