@@ -182,6 +182,26 @@ def test_drop_path_leaves_identity_untouched():
     assert 0 < zero.sum() < 64
 
 
+def test_an_edges_masks_are_independent_per_candidate():
+    # One draw per edge (`path_factors`), one column per candidate: per
+    # sample, each pooling term is kept (x 1 / keep) or dropped on its own.
+    p, n = 0.5, 4000
+    x = tf.constant(_images(n=n, size=4)[..., :2] + 3.0)
+    ops = ("max_pool_3x3", "avg_pool_3x3")
+    w = [0.25, 0.75]
+    terms = [_edge_output((op,), [1.0], 0.0, x)[0] for op in ops]
+    _, dropped = _edge_output(ops, w, p, x)
+    kept = {}
+    for f0 in (0.0, 1.0 / (1 - p)):
+        for f1 in (0.0, 1.0 / (1 - p)):
+            guess = w[0] * f0 * terms[0] + w[1] * f1 * terms[1]
+            close = np.all(np.abs(guess - dropped) < 1e-4, axis=(1, 2, 3))
+            kept[(f0 > 0, f1 > 0)] = close
+    assert np.all(sum(kept.values()) == 1)  # one combination per sample
+    for both in kept.values():  # each of the four with probability 1/4
+        assert abs(both.mean() - 0.25) < 0.03
+
+
 def test_masks_repeat_across_stateless_calls_with_same_values():
     net = _net(auxiliary=True, drop_path_prob=0.5, size=AUX_SIZE)
     x = _images(n=8)

@@ -33,6 +33,33 @@ def drop_path(x, drop_prob, seed=None):
     return x / tf.cast(keep, x.dtype) * mask
 
 
+def path_factors(batch_size, num_paths, drop_prob, dtype, seed=None):
+    """`drop_path`'s factors for ``num_paths`` paths of one batch, in one
+    draw.
+
+    Column ``j`` is what `drop_path` multiplies path ``j``'s samples by: 0
+    with probability ``drop_prob``, else ``1 / keep``, independently per
+    sample and path (the reference's per-path Bernoulli masks, drawn as
+    one uniform tensor: a search cell's edge draws once for all its
+    candidates instead of once per candidate, a few graph nodes instead of
+    a dozen per candidate).
+
+    Args:
+        batch_size: int or scalar tensor.
+        num_paths: Python int >= 1.
+        drop_prob: Python float or scalar tensor in [0, 1).
+        dtype: the factors' dtype.
+        seed: A `keras.random.SeedGenerator`, an int or None.
+
+    Returns:
+        A ``(batch_size, num_paths)`` tensor.
+    """
+    keep = 1.0 - tf.cast(drop_prob, "float32")
+    shape = tf.stack([batch_size, num_paths])
+    noise = keras.random.uniform(shape, dtype="float32", seed=seed)
+    return tf.cast(noise < keep, dtype) / tf.cast(keep, dtype)
+
+
 def dropout(x, rate, seed=None):
     """Element-wise dropout: each element kept with probability 1 - rate.
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tf_amended_darts.nn.batch_norm import BatchNorm
 from tf_amended_darts.nn.contexts import shared_relu
-from tf_amended_darts.nn.drop_path import drop_path, dropout
+from tf_amended_darts.nn.drop_path import dropout, path_factors
 from tf_amended_darts.vision import ops as O
 
 NONE = "none"
@@ -36,7 +36,9 @@ class MixedEdge(keras.layers.Layer):
 
     Drop-path: given a ``drop_prob`` and a seed generator in training mode,
     each computed candidate's output except ``Identity`` (``skip_connect``
-    at stride 1) gets its own per-sample mask. Skip dropout: given a
+    at stride 1) gets its own per-sample mask, all of an edge's masks from
+    one draw (`nn.drop_path.path_factors`), folded into the candidates'
+    weights. Skip dropout: given a
     ``skip_drop_prob`` and a seed generator in training mode, the output of
     ``Identity`` gets an element-wise dropout mask (P-DARTS).
 
@@ -112,18 +114,36 @@ class MixedEdge(keras.layers.Layer):
             raise ValueError("Skip dropout needs a `skip_seed` generator.")
         # one unstack instead of a strided slice per operator
         weights = tf.unstack(weights, num=len(self.operators))
+        factors = {}
+        if apply_drop:
+            factors = self._drop_path_factors(x, weights[0].dtype,
+                                              drop_prob, seed)
         out = None
         with shared_relu():  # one relu(x) for all conv candidates
             for k, op in zip(self.indices, self.candidates, strict=True):
                 h = op(x, training=training)
-                identity = isinstance(op, O.Identity)
-                if apply_drop and not identity:
-                    h = drop_path(h, drop_prob, seed=seed)
-                if apply_skip_drop and identity:
+                if apply_skip_drop and isinstance(op, O.Identity):
                     h = dropout(h, skip_drop_prob, seed=skip_seed)
-                y = weights[k] * h
+                w = weights[k]
+                if k in factors:  # drop_path(h) * w, as (w * mask) * h
+                    w = tf.reshape(w * factors[k], [-1, 1, 1, 1])
+                y = w * h
                 out = y if out is None else out + y
         return out
+
+    def _drop_path_factors(self, x, dtype, drop_prob, seed):
+        """Operator index -> its per-sample drop-path factors ``(batch,)``,
+        for every candidate but identity, from one draw."""
+        dropped = [
+            k for k, op in zip(self.indices, self.candidates, strict=True)
+            if not isinstance(op, O.Identity)
+        ]
+        if not dropped:
+            return {}
+        factors = path_factors(tf.shape(x)[0], len(dropped), drop_prob,
+                               dtype, seed=seed)
+        columns = tf.unstack(factors, num=len(dropped), axis=1)
+        return dict(zip(dropped, columns, strict=True))
 
     def get_config(self):
         config = super().get_config()
