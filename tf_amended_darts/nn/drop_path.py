@@ -11,6 +11,14 @@ from tf_amended_darts.nn.validate import check_int, check_prob
 DROP_PATH_PROB = 0.2
 
 
+def _keep_mask(shape, rate, dtype, seed):
+    """A Bernoulli(keep) mask of ``shape`` (1 with probability ``keep = 1 -
+    rate``) and ``keep``, both in ``dtype``, from one float32 uniform draw."""
+    keep = 1.0 - tf.cast(rate, "float32")
+    noise = keras.random.uniform(shape, dtype="float32", seed=seed)
+    return tf.cast(noise < keep, dtype), tf.cast(keep, dtype)
+
+
 def drop_path(x, drop_prob, seed=None):
     """Zeroes whole samples with probability `drop_prob`, rescales the rest.
 
@@ -26,11 +34,9 @@ def drop_path(x, drop_prob, seed=None):
     Returns:
         A tensor like `x`.
     """
-    keep = 1.0 - tf.cast(drop_prob, "float32")
     shape = tf.stack([tf.shape(x)[0], 1, 1, 1])
-    noise = keras.random.uniform(shape, dtype="float32", seed=seed)
-    mask = tf.cast(noise < keep, x.dtype)  # P(mask = 1) = keep
-    return x / tf.cast(keep, x.dtype) * mask
+    mask, keep = _keep_mask(shape, drop_prob, x.dtype, seed)
+    return x / keep * mask
 
 
 def path_factors(batch_size, num_paths, drop_prob, dtype, seed=None):
@@ -54,10 +60,10 @@ def path_factors(batch_size, num_paths, drop_prob, dtype, seed=None):
     Returns:
         A ``(batch_size, num_paths)`` tensor.
     """
-    keep = 1.0 - tf.cast(drop_prob, "float32")
-    shape = tf.stack([batch_size, num_paths])
-    noise = keras.random.uniform(shape, dtype="float32", seed=seed)
-    return tf.cast(noise < keep, dtype) / tf.cast(keep, dtype)
+    mask, keep = _keep_mask(
+        tf.stack([batch_size, num_paths]), drop_prob, dtype, seed
+    )
+    return mask / keep
 
 
 def dropout(x, rate, seed=None):
@@ -77,10 +83,8 @@ def dropout(x, rate, seed=None):
     Returns:
         A tensor like ``x``.
     """
-    keep = 1.0 - tf.cast(rate, "float32")
-    noise = keras.random.uniform(tf.shape(x), dtype="float32", seed=seed)
-    mask = tf.cast(noise < keep, x.dtype)
-    return x / tf.cast(keep, x.dtype) * mask
+    mask, keep = _keep_mask(tf.shape(x), rate, x.dtype, seed)
+    return x / keep * mask
 
 
 def drop_path_prob_at(epoch, max_prob, epochs):
