@@ -315,7 +315,8 @@ def define_flags(fv=flags.FLAGS):
         "values, less than half the peak memory of the second-order "
         "products (S1 amended exact, batch 32: 5.9 GB against 12.3), "
         "1.6-2.0x the time per step (README, Benchmarks). Random draws "
-        "(drop-path, the noise operator) repeat in the recomputations.",
+        "(drop-path, the noise operator) repeat in the recomputations. "
+        "Not with --hvp=forward nor on several replicas.",
         **d,
     )
 
