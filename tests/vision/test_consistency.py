@@ -202,6 +202,39 @@ def test_an_edges_masks_are_independent_per_candidate():
         assert abs(both.mean() - 0.25) < 0.03
 
 
+# Graph nodes drop-path adds to one stride-1 DARTS edge's forward and
+# gradient: 99 with one draw per edge (b61ae7c), 257 with one draw per
+# candidate before it (a38d192); measured with the test below.
+EDGE_DROP_PATH_NODES = 130
+
+
+def test_drop_path_adds_few_graph_nodes_to_an_edge():
+    # One draw per edge, not per candidate (benchmarks/s1_cpu.md section
+    # 12): fails if the per-candidate draws come back.
+    from tf_amended_darts.vision.search_space import DARTS_PRIMITIVES
+
+    x = tf.zeros((4, 8, 8, 4))
+    w = tf.ones((len(DARTS_PRIMITIVES),)) / len(DARTS_PRIMITIVES)
+
+    def nodes(drop_prob):
+        edge = MixedEdge(DARTS_PRIMITIVES, 4, 1)
+        edge.build(x.shape)
+        seed = keras.random.SeedGenerator(0) if drop_prob else None
+
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                y = edge(x, w, training=True, drop_prob=drop_prob, seed=seed)
+                loss = tf.reduce_sum(y)
+            return tape.gradient(loss, w)
+
+        graph = tf.function(step).get_concrete_function().graph
+        return len(graph.get_operations())
+
+    extra = nodes(0.2) - nodes(None)
+    assert 0 < extra <= EDGE_DROP_PATH_NODES, extra
+
+
 def test_masks_repeat_across_stateless_calls_with_same_values():
     net = _net(auxiliary=True, drop_path_prob=0.5, size=AUX_SIZE)
     x = _images(n=8)
