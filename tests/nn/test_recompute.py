@@ -106,13 +106,13 @@ def _tanh_count(node_defs):
 def test_recomputations_are_calls_of_one_function_per_level():
     # The recomputation is real and reuses its functions: without it each
     # block's interior (one tanh) is built once in the step's graph and
-    # kept; with it the step's graph holds only the forward's tanh, and
-    # each block has one first-level function (forward + backward) and
+    # kept; with it the step's graph holds none, and each block has one
+    # forward function, one first-level function (forward + backward) and
     # one second-level function, each with one tanh, defined once and
-    # called by every pass that needs it: the first level by the first
-    # backward and by both outer passes (H v, D H v: the outer tape
-    # reaches the forward op through the block's output), the second
-    # level by both outer passes.
+    # called by every pass that needs it: the forward by the block's call,
+    # the first level by the first backward and by both outer passes (H v,
+    # D H v: the outer tape reaches the forward op through the block's
+    # output), the second level by both outer passes.
     x, y, w, a = _problem(0)
     v = [tf.ones_like(t) for t in w]
 
@@ -126,13 +126,13 @@ def test_recomputations_are_calls_of_one_function_per_level():
     assert not plain.library.function
 
     recomputed = graph_def(True)
-    assert _tanh_count(recomputed.node) == 2
+    assert _tanh_count(recomputed.node) == 0
     bodies = {
         f.signature.name: f
         for f in recomputed.library.function
         if _tanh_count(f.node_def)
     }
-    assert len(bodies) == 4  # two levels x two blocks
+    assert len(bodies) == 6  # three levels x two blocks
     assert all(_tanh_count(f.node_def) == 1 for f in bodies.values())
     assert all(f.attr["_noinline"].b for f in bodies.values())
     calls = [
@@ -141,7 +141,7 @@ def test_recomputations_are_calls_of_one_function_per_level():
         if n.op in ("PartitionedCall", "StatefulPartitionedCall")
     ]
     per_body = sorted(calls.count(name) for name in bodies)
-    assert per_body == [2, 2, 3, 3]
+    assert per_body == [1, 1, 2, 2, 3, 3]
     assert len(calls) == sum(per_body)
 
 

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tf_amended_darts.core import engine
 from tf_amended_darts.jobs import precision
 from tf_amended_darts.nn.recompute import Recomputed
+from tf_amended_darts.vision.recomputed_cells import RecomputedCell, body_key
 from tf_amended_darts.vision.search_space import DARTS_PRIMITIVES
 from tf_amended_darts.vision.supernet import SearchNetwork
 
@@ -29,6 +30,17 @@ FULL = {"steps": 4, "multiplier": 4,
 # dropout and R-DARTS' noise operator (recomputations must draw alike).
 RANDOM = {"drop_path_prob": 0.3, "skip_dropout_prob": 0.2,
           "operators": SMALL_OPS + ("noise",)}
+# Six cells (reductions at cells 2 and 4): cells 0 and 1 are normal cells
+# of one resolution, whose recomputed nodes share one body; the other
+# cells differ in channels or reduction. One node per cell (two edges)
+# keeps the six cells' traces short.
+SHARED = {"layers": 6, "steps": 1, "multiplier": 1}
+SHARED_BODIES = 5
+
+
+def _edges_per_cell(shape):
+    steps = shape.get("steps", SHAPE["steps"])
+    return sum(2 + j for j in range(steps))
 
 
 def _seed_states(net, values=None):
@@ -85,7 +97,8 @@ def _arch_gradient(search, train, val):
 @pytest.mark.parametrize(
     "arch_grad,shape",
     [
-        ("amended", RANDOM),
+        ("amended", {**RANDOM, **SHARED}),
+        pytest.param("amended", RANDOM, marks=pytest.mark.slow),
         pytest.param("amended", {}, marks=pytest.mark.slow),
         pytest.param("second_order", {}, marks=pytest.mark.slow),
         pytest.param("first_order", {}, marks=pytest.mark.slow),
@@ -118,9 +131,10 @@ def test_recomputed_cells_give_the_plain_gradients(arch_grad, shape):
     )
     # The validation pass drew from every generator, and the recomputed
     # cells left them where the plain ones did (same draws, same order).
-    if shape is RANDOM:
-        # drop-path, skip dropout, one noise layer per edge (5 per cell)
-        assert len(before) == 2 + 5 * SHAPE["layers"]
+    if "noise" in shape.get("operators", ()):
+        # drop-path, skip dropout, one noise layer per edge
+        layers = shape.get("layers", SHAPE["layers"])
+        assert len(before) == 2 + _edges_per_cell(shape) * layers
         assert all(np.any(a != b) for a, b in zip(after, before, strict=True))
     for a, b in zip(after, states, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -145,12 +159,13 @@ def test_the_weight_step_and_statistics_are_those_of_the_plain_network():
 
 
 def test_recomputed_cells_shrink_the_traced_step():
-    # The cells' interiors of the second-order passes live in two reused
-    # functions per cell, not in the step's graph.
+    # The cells' interiors of the estimator's passes live in three reused
+    # functions per body, not in the step's graph; alike cells share a
+    # body.
     train, val = _batches()
 
     def count(recompute):
-        search = _search(recompute, "amended")
+        search = _search(recompute, "amended", **SHARED)
         fn = tf.function(lambda: search.arch_gradient(train, val)[0])
         graph = fn.get_concrete_function().graph.as_graph_def()
         noinline = [
@@ -161,8 +176,30 @@ def test_recomputed_cells_shrink_the_traced_step():
     (plain_nodes, plain_functions) = count(False)
     (nodes, functions) = count(True)
     assert plain_functions == 0
-    assert functions == 2 * SHAPE["layers"]
+    assert functions == 3 * SHARED_BODIES
     assert nodes < plain_nodes / 2
+
+
+def test_only_cells_with_alike_nodes_share_a_body():
+    keras.utils.set_random_seed(0)
+    net = precision.search_network(
+        "float64", 10, SIZE, recompute_cells=True, **{**SHAPE, **SHARED}
+    )
+    keys = [body_key(cell) for cell in net.cells]
+    # normal, normal, reduction, normal, reduction, normal: only the first
+    # two have the same channels and kind (their preprocessing differs)
+    assert keys[0] == keys[1]
+    assert len(set(keys)) == SHARED_BODIES
+    assert net.cells[0].preprocess1.weights[0].shape != (
+        net.cells[1].preprocess1.weights[0].shape
+    )
+    first = RecomputedCell(net.cells[0])
+    shared = RecomputedCell(net.cells[1], body=first)
+    assert shared.block is first.block
+    with pytest.raises(ValueError, match="cannot share the recomputed body"):
+        RecomputedCell(net.cells[3], body=first)
+    with pytest.raises(ValueError, match="cannot share the recomputed body"):
+        RecomputedCell(net.cells[1], num_pairs=2, body=first)
 
 
 def test_config_round_trip():

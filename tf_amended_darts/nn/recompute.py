@@ -8,10 +8,12 @@ tapes in `core.bilevel`) recomputes the block's forward and backward pass
 again. A tape, inner or outer, therefore keeps only the block's inputs,
 output and incoming gradient, never its interior.
 
-Each recomputation is a call of one of two traced functions per block and
-input signature, not a fresh copy of the block's ops: the first-level VJP
-(forward + backward) and the second-level product (forward + backward +
-its backward). They are marked ``_noinline``, so that TensorFlow's runtime
+The block's call and each recomputation is a call of one of three traced
+functions per block and input signature, not a fresh copy of the block's
+ops: the forward, the first-level VJP (forward + backward) and the
+second-level product (forward + backward + its backward). Blocks alike but
+for their inputs' values (e.g. cells of one shape) can share them: one
+`Recomputed` called with each block's values. They are marked ``_noinline``, so that TensorFlow's runtime
 instantiates each once and runs every call on it (inlined, as function
 calls are by default, each call would be a copy again: the graph of an
 S1 step with all cells recomputed grew from 268k to 503k nodes, whose
@@ -155,6 +157,7 @@ class Recomputed:
         self.fn = fn
         self.name = name
         options = dict(autograph=False, experimental_attributes=_NO_INLINE)
+        self._forward = tf.function(self._forward_level, **options)
         self._first = tf.function(self._first_level, **options)
         self._second = tf.function(self._second_level, **options)
 
@@ -163,6 +166,12 @@ class Recomputed:
         if state is None:
             return self.fn
         return lambda xs: self.fn(xs, state)[0]
+
+    def _forward_level(self, xs, state):
+        """``fn(xs)``, or ``fn(xs, state)`` for a call with ``state``."""
+        if state is None:
+            return self.fn(list(xs))
+        return self.fn(list(xs), state)
 
     def _first_level(self, xs, dy, state):
         """The VJP of ``fn`` at ``xs`` along ``dy``."""
@@ -189,10 +198,12 @@ class Recomputed:
 
         @tf.custom_gradient
         def forward(*args):
+            out = _call_unrecorded(self._forward, (list(args), state),
+                                   self.name)
             if state is None:
-                y = self.fn(list(args))
+                y = out
             else:
-                y, after = self.fn(list(args), state)
+                y, after = out
                 # Not an output of the op: a state has no derivative.
                 new_state.append(tf.nest.map_structure(tf.stop_gradient, after))
 

@@ -155,11 +155,43 @@ class SearchCell(keras.layers.Layer):
         Returns:
             The concatenation of the last ``multiplier`` nodes.
         """
+        states = self.preprocess(inputs, training=training)
+        return self.nodes(
+            states,
+            edge_weights,
+            pair_weights,
+            training=training,
+            drop_prob=drop_prob,
+            seed=seed,
+            edge_scales=edge_scales,
+            skip_drop_prob=skip_drop_prob,
+            skip_seed=skip_seed,
+        )
+
+    def preprocess(self, inputs, training=False):
+        """The two cell inputs ``(s0, s1)`` brought to C channels at this
+        cell's input resolution: ``[preprocess0(s0), preprocess1(s1)]``."""
         s0, s1 = inputs
-        states = [
+        return [
             self.preprocess0(s0, training=training),
             self.preprocess1(s1, training=training),
         ]
+
+    def nodes(
+        self,
+        states,
+        edge_weights,
+        pair_weights=None,
+        training=False,
+        drop_prob=None,
+        seed=None,
+        edge_scales=None,
+        skip_drop_prob=None,
+        skip_seed=None,
+    ):
+        """The cell after `preprocess`: its mixed edges and nodes on the
+        preprocessed ``states`` (arguments as `call`)."""
+        states = list(states)
         edge_weights = tf.unstack(edge_weights, num=self.num_edges)
         if edge_scales is not None:
             edge_scales = tf.unstack(edge_scales, num=self.num_edges)

@@ -30,15 +30,23 @@ from tf_amended_darts.nn.recompute import Recomputed
 
 
 class RecomputedCell:
-    """A built `SearchCell`'s training-mode call, recomputed (see module).
+    """A built `SearchCell`'s training-mode call, its nodes recomputed (see
+    module).
 
-    The cell's trainable values (those of the enclosing
-    `stateless_call`) become explicit inputs of the recomputed block, and
-    its recomputations map them back onto the cell's variables in their
-    own `keras.StatelessScope`; so do the states of the seed generators it
-    draws from (the network's drop-path and skip-dropout generators, and
-    those of its own layers, the noise operator's), as the block's
-    ``state``.
+    The cell's `SearchCell.preprocess` runs as usual; its `SearchCell.nodes`
+    run in a recomputed block whose inputs are the preprocessed states and
+    the values of the nodes' trainable variables (those of the enclosing
+    `stateless_call`), which its recomputations map back onto the
+    variables in their own `keras.StatelessScope`; so do the states of the
+    seed generators it draws from (the network's drop-path and
+    skip-dropout generators, and those of its edges' layers, the noise
+    operator's), as the block's ``state``.
+
+    Cells whose nodes are alike (`body_key`: the same structure and
+    variable shapes, e.g. the normal cells of one resolution) share one
+    block: ``body`` names an earlier `RecomputedCell` whose traced
+    functions this one calls with its own values. The block's body runs the
+    first cell's layers, onto which every call maps its caller's variables.
 
     Args:
         cell: a built `SearchCell`.
@@ -47,25 +55,38 @@ class RecomputedCell:
         edge_scales: whether its calls pass edge scales (PC-DARTS).
         drop_path_seed, skip_seed: the network's drop-path and P-DARTS
             skip-dropout `keras.random.SeedGenerator`s, or None.
+        body: a `RecomputedCell` of a cell with the same `body_key` (and
+            the same other arguments) whose block to share, or None.
     """
 
     def __init__(self, cell, num_pairs=0, edge_scales=False,
-                 drop_path_seed=None, skip_seed=None):
+                 drop_path_seed=None, skip_seed=None, body=None):
         self.cell = cell
-        self.variables = list(cell.trainable_variables)
+        self.variables, own = _node_variables(cell)
         self.num_pairs = num_pairs
         self.edge_scales = bool(edge_scales)
         self.drop_path_seed = drop_path_seed
         self.skip_seed = skip_seed
-        weights = {id(v) for v in cell.weights}
-        own = [v for v in cell.variables if id(v) not in weights]
         self.seed_states = [
             g.state for g in (drop_path_seed, skip_seed) if g is not None
         ] + own
-        self.block = Recomputed(self._run, name=f"{cell.name}_recomputed")
+        self.key = (body_key(cell), num_pairs, self.edge_scales)
+        if body is None:
+            self.block = Recomputed(self._run, name=f"{cell.name}_recomputed")
+        else:
+            if body.key != self.key or (
+                (body.drop_path_seed, body.skip_seed)
+                != (drop_path_seed, skip_seed)
+            ):
+                raise ValueError(
+                    f"Cell {cell.name!r} cannot share the recomputed body of "
+                    f"{body.cell.name!r}: their nodes differ (structure, "
+                    "variable shapes or arguments)."
+                )
+            self.block = body.block
 
     def _run(self, xs, state):
-        s0, s1, edge_weights = xs[:3]
+        p0, p1, edge_weights = xs[:3]
         pairs, scales, values = self._split(xs[3:])
         seeds = state["seeds"]
         mapping = list(zip(self.variables, values, strict=True))
@@ -74,8 +95,8 @@ class RecomputedCell:
         skip_prob = state.get("skip_prob")
         with keras.StatelessScope(state_mapping=mapping) as scope:
             with frozen_statistics():
-                y = self.cell(
-                    (s0, s1),
+                y = self.cell.nodes(
+                    [p0, p1],
                     edge_weights,
                     pairs,
                     training=True,
@@ -101,8 +122,10 @@ class RecomputedCell:
                  edge_scales=None, drop_prob=None, skip_drop_prob=None):
         """``cell(inputs, edge_weights, pair_weights, training=True,
         edge_scales=..., drop_prob=..., seed=drop_path_seed,
-        skip_drop_prob=..., skip_seed=skip_seed)``, recomputed for its
-        derivatives; the seed generators advance as in the plain call."""
+        skip_drop_prob=..., skip_seed=skip_seed)``, its nodes recomputed
+        for their derivatives; the seed generators advance as in the plain
+        call."""
+        p0, p1 = self.cell.preprocess(inputs, training=True)
         pairs = list(pair_weights) if pair_weights is not None else []
         scales = [edge_scales] if edge_scales is not None else []
         values = [kops.convert_to_tensor(v.value) for v in self.variables]
@@ -112,13 +135,40 @@ class RecomputedCell:
             state["drop_prob"] = drop_prob
         if skip_drop_prob is not None:
             state["skip_prob"] = skip_drop_prob
-        s0, s1 = inputs
         y, after = self.block(
-            [s0, s1, edge_weights, *pairs, *scales, *values], state
+            [p0, p1, edge_weights, *pairs, *scales, *values], state
         )
         for v, value in zip(self.seed_states, after["seeds"], strict=True):
             v.assign(value)
         return y
+
+
+def _node_variables(cell):
+    """The trainable variables of ``cell``'s edges, and the other
+    variables of its edges that are not weights (seed generator states),
+    each in the edges' order."""
+    trainable = [v for e in cell.edges for v in e.trainable_variables]
+    weights = {id(v) for v in cell.weights}
+    own = [v for e in cell.edges for v in e.variables if id(v) not in weights]
+    return trainable, own
+
+
+def body_key(cell):
+    """What a recomputed block's body depends on besides its inputs'
+    values: the cell's configuration but its name and its preprocessing
+    (``reduction_prev``), and the shapes and dtypes of its edges'
+    variables in order (their names carry Keras' per-model unique
+    suffixes, so they differ between alike cells). Cells with equal keys
+    are built by the same constructor calls and run the same ops in their
+    nodes."""
+    config = dict(cell.get_config())
+    for field in ("name", "reduction_prev", "trainable"):
+        config.pop(field, None)
+    trainable, own = _node_variables(cell)
+    variables = tuple(
+        (tuple(v.shape), str(v.dtype)) for v in trainable + own
+    )
+    return repr(sorted(config.items())), variables
 
 
 def _current(scope, variable, initial):

@@ -40,7 +40,7 @@ from tf_amended_darts.vision import derive, stochastic_paths
 from tf_amended_darts.vision import search_space as S
 from tf_amended_darts.vision.auxiliary import AuxiliaryHeadCIFAR
 from tf_amended_darts.vision.cells import SearchCell
-from tf_amended_darts.vision.recomputed_cells import RecomputedCell
+from tf_amended_darts.vision.recomputed_cells import RecomputedCell, body_key
 from tf_amended_darts.vision.stochastic_paths import StochasticPaths
 
 # Weight-file entries of the seed-generator states (re-exported).
@@ -107,7 +107,9 @@ class SearchNetwork(StochasticPaths, keras.Model):
         recompute_cells: run the cells through `RecomputedCell` in the
             estimator's passes (training mode, frozen statistics): much
             less memory for the second-order products, more time (random
-            draws repeat in the recomputations).
+            draws repeat in the recomputations). Cells whose nodes are
+            alike (the normal cells of one resolution) share one
+            recomputed body.
         **kwargs: passed to `keras.Model`.
 
     Drop-path masks come from one `keras.random.SeedGenerator` of the
@@ -185,6 +187,7 @@ class SearchNetwork(StochasticPaths, keras.Model):
         self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
         self.recompute_cells = recompute_cells
         self._recomputed = {}  # cell index -> RecomputedCell
+        self._bodies = {}  # RecomputedCell.key -> the first cell of that key
 
         c_curr = stem_multiplier * init_channels
         self.stem_conv = Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
@@ -393,6 +396,21 @@ class SearchNetwork(StochasticPaths, keras.Model):
     def _node_sizes(self, key):
         return [len(n) for n in self.cell_inputs(self._first_cell(key))]
 
+    def _recomputed_cell(self, cell, num_pairs, edge_scales):
+        """A `RecomputedCell` for ``cell``, sharing the body of an earlier
+        one whose nodes are alike (`RecomputedCell.key`)."""
+        key = (body_key(cell), num_pairs, bool(edge_scales))
+        recomputed = RecomputedCell(
+            cell,
+            num_pairs=num_pairs,
+            edge_scales=edge_scales,
+            drop_path_seed=self.drop_path_seed,
+            skip_seed=self.skip_dropout_seed,
+            body=self._bodies.get(key),
+        )
+        self._bodies.setdefault(key, recomputed)
+        return recomputed
+
     def _edge_scales(self, key):
         """PC-DARTS: softmax of the betas per node over its input edges."""
         parts = kops.split(
@@ -438,12 +456,8 @@ class SearchNetwork(StochasticPaths, keras.Model):
             key = self.arch_key(i)
             if recompute:
                 if i not in self._recomputed:
-                    self._recomputed[i] = RecomputedCell(
-                        cell,
-                        num_pairs=len(pairs.get(key, ())),
-                        edge_scales=key in scales,
-                        drop_path_seed=self.drop_path_seed,
-                        skip_seed=self.skip_dropout_seed,
+                    self._recomputed[i] = self._recomputed_cell(
+                        cell, len(pairs.get(key, ())), key in scales
                     )
                 out = self._recomputed[i](
                     (s0, s1),
