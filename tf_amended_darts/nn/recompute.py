@@ -13,8 +13,9 @@ functions per block and input signature, not a fresh copy of the block's
 ops: the forward, the first-level VJP (forward + backward) and the
 second-level product (forward + backward + its backward). Blocks alike but
 for their inputs' values (e.g. cells of one shape) can share them: one
-`Recomputed` called with each block's values. They are marked ``_noinline``, so that TensorFlow's runtime
-instantiates each once and runs every call on it (inlined, as function
+`Recomputed` called with each block's values. They are marked
+``_noinline``, so that TensorFlow's runtime instantiates each once and
+runs every call on it (inlined, as function
 calls are by default, each call would be a copy again: the graph of an
 S1 step with all cells recomputed grew from 268k to 503k nodes, whose
 memory ate what the activations saved; benchmarks/s1_cpu.md, sections 8

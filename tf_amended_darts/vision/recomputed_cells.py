@@ -5,11 +5,14 @@ super-network twice, and a reverse-over-reverse product keeps every
 activation and first-backward tensor of the training pass alive until both
 of its outer passes are done: ~8-9 GB of the S1 amended exact step at
 batch 32 (benchmarks/s1_cpu.md, sections 7-10). A `RecomputedCell` runs a
-search cell through `nn.recompute.Recomputed`: the passes keep only each
-cell's inputs, output and incoming gradients, and recompute its interior
-(once per derivative level) in two functions per cell that every pass
-calls. Values are unchanged (the same ops on the same inputs); it costs
-time, the recomputations.
+search cell's nodes (its mixed edges, after the two inputs'
+preprocessing) through `nn.recompute.Recomputed`: the passes keep only
+their inputs, output and incoming gradients, and recompute the interior
+(once per derivative level) in three functions (forward, first and second
+level) that every pass calls. Cells whose nodes are alike share them (S1:
+the two normal cells of each resolution, 5 bodies for 8 cells), so each
+body is traced once, not once per cell. Values are unchanged (the same
+ops on the same inputs); it costs time, the recomputations.
 
 Random draws (drop-path, P-DARTS' skip dropout, R-DARTS' noise operator)
 come from `keras.random.SeedGenerator`s, whose states enter the recomputed
