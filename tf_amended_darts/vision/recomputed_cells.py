@@ -73,7 +73,7 @@ class RecomputedCell:
         self.seed_states = [
             g.state for g in (drop_path_seed, skip_seed) if g is not None
         ] + own
-        self.key = (body_key(cell), num_pairs, self.edge_scales)
+        self.key = self.key_of(cell, num_pairs, edge_scales)
         if body is None:
             self.block = Recomputed(self._run, name=f"{cell.name}_recomputed")
         else:
@@ -87,6 +87,13 @@ class RecomputedCell:
                     "variable shapes or arguments)."
                 )
             self.block = body.block
+
+    @staticmethod
+    def key_of(cell, num_pairs=0, edge_scales=False):
+        """What a `RecomputedCell` of these arguments must share with one
+        whose block it shares: the cell's `body_key` and the inputs its
+        calls pass."""
+        return body_key(cell), num_pairs, bool(edge_scales)
 
     def _run(self, xs, state):
         p0, p1, edge_weights = xs[:3]

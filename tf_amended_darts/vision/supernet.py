@@ -40,7 +40,7 @@ from tf_amended_darts.vision import derive, stochastic_paths
 from tf_amended_darts.vision import search_space as S
 from tf_amended_darts.vision.auxiliary import AuxiliaryHeadCIFAR
 from tf_amended_darts.vision.cells import SearchCell
-from tf_amended_darts.vision.recomputed_cells import RecomputedCell, body_key
+from tf_amended_darts.vision.recomputed_cells import RecomputedCell
 from tf_amended_darts.vision.stochastic_paths import StochasticPaths
 
 # Weight-file entries of the seed-generator states (re-exported).
@@ -187,7 +187,7 @@ class SearchNetwork(StochasticPaths, keras.Model):
         self._build_stochastic(drop_path_prob, skip_dropout_prob, seed)
         self.recompute_cells = recompute_cells
         self._recomputed = {}  # cell index -> RecomputedCell
-        self._bodies = {}  # RecomputedCell.key -> the first cell of that key
+        self._bodies = {}  # RecomputedCell.key_of -> the first cell of that key
 
         c_curr = stem_multiplier * init_channels
         self.stem_conv = Conv2D(c_curr, 3, 1, padding=1, name="stem_conv")
@@ -398,8 +398,8 @@ class SearchNetwork(StochasticPaths, keras.Model):
 
     def _recomputed_cell(self, cell, num_pairs, edge_scales):
         """A `RecomputedCell` for ``cell``, sharing the body of an earlier
-        one whose nodes are alike (`RecomputedCell.key`)."""
-        key = (body_key(cell), num_pairs, bool(edge_scales))
+        one whose nodes are alike (`RecomputedCell.key_of`)."""
+        key = RecomputedCell.key_of(cell, num_pairs, edge_scales)
         recomputed = RecomputedCell(
             cell,
             num_pairs=num_pairs,
