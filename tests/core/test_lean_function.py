@@ -141,28 +141,3 @@ def test_structured_inputs_and_python_values_key_the_traces():
 def test_a_non_callable_is_refused():
     with pytest.raises(TypeError, match="python_function must be callable"):
         LeanFunction(3)
-
-
-def test_the_collector_is_paused_while_tracing_and_restored():
-    seen = []
-
-    def step(v):
-        seen.append(gc.isenabled())
-        if float(v.shape[0]) == 2:  # a trace that fails
-            raise ValueError("bad trace")
-        return v * 2.0
-
-    lean = LeanFunction(step)
-    assert gc.isenabled()
-    lean.trace(tf.ones(1))
-    assert seen == [False] and gc.isenabled()
-    with pytest.raises(ValueError, match="bad trace"):
-        lean.trace(tf.ones(2))
-    assert seen == [False, False] and gc.isenabled()
-    # A caller that turned the collector off keeps it off.
-    gc.disable()
-    try:
-        lean.trace(tf.ones(3))
-        assert seen[-1] is False and not gc.isenabled()
-    finally:
-        gc.enable()

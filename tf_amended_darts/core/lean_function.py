@@ -43,7 +43,6 @@ and its graph (``lean`` then reads False), so a job still runs, with the
 old memory.
 """
 
-import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -104,28 +103,6 @@ def _libc_malloc_trim():
         return None
     trim.argtypes = [ctypes.c_size_t]
     return trim
-
-
-@contextlib.contextmanager
-def _collector_paused():
-    """Python's cyclic garbage collector off for the block (as it was after).
-
-    A trace creates Python objects by the million (each op, tensor and tape
-    entry) and frees almost none of them until it ends, so the automatic
-    collections it triggers find little garbage: measured with
-    ``gc.callbacks`` on the 3-cell search step (amended exact, 110,365
-    nodes, ~50 s trace), ~1,500 automatic collections took 1.6-2.3 s
-    (3-4% of the trace) with the collector on, none with it off, and the
-    peak RSS was the same (benchmarks/s1_cpu.md, section 14). The one explicit
-    collection after the trace frees the graph's cycles.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _graph_free(atomic):
@@ -260,7 +237,7 @@ class LeanFunction:
             jit_compile=self._jit_compile,
             autograph=self._autograph,
         )
-        with _TRACE_LOCK, _collector_paused():
+        with _TRACE_LOCK:
             before = _custom_gradient_names()
             concrete = function.get_concrete_function(*args)
             registered = _custom_gradient_names() - before
