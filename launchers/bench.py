@@ -92,6 +92,10 @@ def define_flags(fv=flags.FLAGS):
                       "once the runtime holds it (core/lean_function.py), "
                       "as the jobs do; False: keep it, as tf.function "
                       "does.", flag_values=fv)
+    flags.DEFINE_bool("shared_passes", True, "The step's first-order "
+                      "passes call one traced function (BilevelSearch("
+                      "shared_passes=True), as the search does); False: "
+                      "each pass traced on its own.", flag_values=fv)
     flags.DEFINE_bool("recompute_cells", False, "Recompute the cells in "
                       "the estimator's passes (SearchNetwork("
                       "recompute_cells=True), as the search's "
@@ -201,7 +205,7 @@ def make_batches(data, size, batch):
 def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
             grappler, data="synthetic", jit_compile=False,
             dtype_policy="float32", op_tracebacks=False, lean_graph=True,
-            recompute_cells=False, drop_path_prob=0.0):
+            recompute_cells=False, drop_path_prob=0.0, shared_passes=True):
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
@@ -214,7 +218,8 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
                                    layers=layers, init_channels=channels,
                                    recompute_cells=recompute_cells,
                                    drop_path_prob=drop_path_prob)
-    search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
+    search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp,
+                                  shared_passes=shared_passes)
     search.compile()
     batches = make_batches(data, size, batch)
     if lean_graph:
@@ -274,7 +279,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
         "op_tracebacks": op_tracebacks, "lean_graph": lean_graph,
         "recompute_cells": recompute_cells, "dtype_policy": dtype_policy,
-        "drop_path_prob": drop_path_prob,
+        "drop_path_prob": drop_path_prob, "shared_passes": shared_passes,
         "device": "GPU" if gpus else "CPU",
     }
 
@@ -289,6 +294,7 @@ def table(rows, fv, layers, channels, size):
         f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
         f"op_tracebacks={fv.op_tracebacks}, lean_graph={fv.lean_graph}, "
         f"recompute_cells={fv.recompute_cells}, "
+        f"shared_passes={fv.shared_passes}, "
         f"drop_path_prob={fv.drop_path_prob:g}, "
         f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
         f"jit_compile={fv.jit_compile}, dtype_policy={fv.dtype_policy}, "
@@ -335,6 +341,7 @@ def run_one(run, batch, fv):
            f"--op_tracebacks={fv.op_tracebacks}",
            f"--lean_graph={fv.lean_graph}",
            f"--recompute_cells={fv.recompute_cells}",
+           f"--shared_passes={fv.shared_passes}",
            f"--drop_path_prob={fv.drop_path_prob}",
            f"--max_rss_gb={fv.max_rss_gb}",
            f"--jit_compile={fv.jit_compile}",
@@ -382,7 +389,8 @@ def main(argv, fv=flags.FLAGS):
                                  sizes[0], fv.steps, fv.warmup, fv.grappler,
                                  fv.data, fv.jit_compile, fv.dtype_policy,
                                  fv.op_tracebacks, fv.lean_graph,
-                                 fv.recompute_cells, fv.drop_path_prob)))
+                                 fv.recompute_cells, fv.drop_path_prob,
+                                 fv.shared_passes)))
         return
     rows = []
     for batch in sizes:
