@@ -92,10 +92,6 @@ def define_flags(fv=flags.FLAGS):
                       "once the runtime holds it (core/lean_function.py), "
                       "as the jobs do; False: keep it, as tf.function "
                       "does.", flag_values=fv)
-    flags.DEFINE_bool("shared_passes", True, "The step's first-order "
-                      "passes call one traced function (BilevelSearch("
-                      "shared_passes=True), as the search does); False: "
-                      "each pass traced on its own.", flag_values=fv)
     flags.DEFINE_bool("recompute_cells", False, "Recompute the cells in "
                       "the estimator's passes (SearchNetwork("
                       "recompute_cells=True), as the search's "
@@ -205,11 +201,11 @@ def make_batches(data, size, batch):
 def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
             grappler, data="synthetic", jit_compile=False,
             dtype_policy="float32", op_tracebacks=False, lean_graph=True,
-            recompute_cells=False, drop_path_prob=0.0, shared_passes=True):
+            recompute_cells=False, drop_path_prob=0.0):
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
-    from tf_amended_darts.core import engine, graph_settings
+    from tf_amended_darts.core import engine, graph_settings, lean_function
     from tf_amended_darts.core.lean_function import LeanFunction
     from tf_amended_darts.jobs import precision
 
@@ -218,8 +214,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
                                    layers=layers, init_channels=channels,
                                    recompute_cells=recompute_cells,
                                    drop_path_prob=drop_path_prob)
-    search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp,
-                                  shared_passes=shared_passes)
+    search = engine.BilevelSearch(net, arch_grad=arch_grad, hvp=hvp)
     search.compile()
     batches = make_batches(data, size, batch)
     if lean_graph:
@@ -246,10 +241,14 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     t0 = time.perf_counter()
     first_pair = next(batches)
     if lean_graph:  # trace only; the graph is freed here
-        nodes = step.trace(first_pair)["graph_nodes"]
+        record = step.trace(first_pair)
+        nodes, function_nodes = (record["graph_nodes"],
+                                 record["function_nodes"])
     else:
-        nodes = len(step.get_concrete_function(first_pair).graph
-                    .get_operations())
+        graph = step.get_concrete_function(first_pair).graph
+        nodes = len(graph.get_operations())
+        function_nodes = lean_function.function_nodes(graph)
+        del graph
     trace = time.perf_counter() - t0
     rss_traced = current_rss_mb()
     phase("traced")
@@ -275,11 +274,12 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "input_share": sum(waits) / sum(totals),
         "rss_built_mb": rss_built, "rss_traced_mb": rss_traced,
         "peak_rss_mb": peak_rss_mb(), "graph_nodes": nodes,
+        "function_nodes": function_nodes,
         "gpu_peak_mb": gpu_peak,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
         "op_tracebacks": op_tracebacks, "lean_graph": lean_graph,
         "recompute_cells": recompute_cells, "dtype_policy": dtype_policy,
-        "drop_path_prob": drop_path_prob, "shared_passes": shared_passes,
+        "drop_path_prob": drop_path_prob,
         "device": "GPU" if gpus else "CPU",
     }
 
@@ -294,7 +294,6 @@ def table(rows, fv, layers, channels, size):
         f"{size}x{size}), data={fv.data}, grappler={fv.grappler}, "
         f"op_tracebacks={fv.op_tracebacks}, lean_graph={fv.lean_graph}, "
         f"recompute_cells={fv.recompute_cells}, "
-        f"shared_passes={fv.shared_passes}, "
         f"drop_path_prob={fv.drop_path_prob:g}, "
         f"malloc_threshold_kb={fv.malloc_threshold_kb}, "
         f"jit_compile={fv.jit_compile}, dtype_policy={fv.dtype_policy}, "
@@ -319,11 +318,20 @@ def table(rows, fv, layers, channels, size):
             f"{head} {r['first_step_s']:.1f} | {r['sec_per_step']:.2f} | "
             f"{r['images_per_s']:.1f} | {ratio} | "
             f"{100 * r['input_share']:.1f}% | {r['peak_rss_mb']:.0f} | "
-            f"{r.get('graph_nodes', 'n/a')} |"
+            f"{_nodes(r)} |"
             + (f" {r['gpu_peak_mb']:.0f} |" if gpu else "")
             + (f" {epoch_seconds(r, fv.epoch_pairs):.0f} |"
                if fv.epoch_pairs else ""))
     return "\n".join(lines)
+
+
+def _nodes(row):
+    """The graph-nodes cell: the step's own nodes, plus those of the
+    functions it calls where it calls any (recomputed cells)."""
+    nodes = row.get("graph_nodes", "n/a")
+    if row.get("function_nodes"):
+        return f"{nodes} + {row['function_nodes']}"
+    return nodes
 
 
 def epoch_seconds(row, pairs):
@@ -341,7 +349,6 @@ def run_one(run, batch, fv):
            f"--op_tracebacks={fv.op_tracebacks}",
            f"--lean_graph={fv.lean_graph}",
            f"--recompute_cells={fv.recompute_cells}",
-           f"--shared_passes={fv.shared_passes}",
            f"--drop_path_prob={fv.drop_path_prob}",
            f"--max_rss_gb={fv.max_rss_gb}",
            f"--jit_compile={fv.jit_compile}",
@@ -389,8 +396,7 @@ def main(argv, fv=flags.FLAGS):
                                  sizes[0], fv.steps, fv.warmup, fv.grappler,
                                  fv.data, fv.jit_compile, fv.dtype_policy,
                                  fv.op_tracebacks, fv.lean_graph,
-                                 fv.recompute_cells, fv.drop_path_prob,
-                                 fv.shared_passes)))
+                                 fv.recompute_cells, fv.drop_path_prob)))
         return
     rows = []
     for batch in sizes:

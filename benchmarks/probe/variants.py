@@ -4,11 +4,11 @@
 import tensorflow as tf
 
 from tf_amended_darts.core.bilevel import (
-    _After,
+    _after,
     _identity,
+    _zeros_for_none,
     hvp_exact,
     mixed_exact,
-    zeros_for_none,
 )
 
 
@@ -20,12 +20,12 @@ def current_ctrl(loss_fn, w, a, v, reduce_mean=_identity):
             inner.watch(w)
             with tf.control_dependencies(v):
                 loss = loss_fn(w, a)
-        gw = zeros_for_none(inner.gradient(loss, list(w)), w)
+        gw = _zeros_for_none(inner.gradient(loss, list(w)), w)
     hv = outer.gradient(gw, list(w), output_gradients=v)
-    hv = reduce_mean(zeros_for_none(hv, w))
+    hv = reduce_mean(_zeros_for_none(hv, w))
     dhv = outer.gradient(gw, list(a), output_gradients=hv)
     del outer
-    return hv, zeros_for_none(dhv, a)
+    return hv, _zeros_for_none(dhv, a)
 
 
 def _ctrl_loss(loss_fn, deps):
@@ -48,8 +48,8 @@ def _hvp_fwd(loss_fn, w, a, v):
         with tf.GradientTape() as tape:
             tape.watch(w)
             loss = loss_fn(w, a)
-        gw = zeros_for_none(tape.gradient(loss, list(w)), w)
-    return zeros_for_none([acc.jvp(g) for g in gw], w)
+        gw = _zeros_for_none(tape.gradient(loss, list(w)), w)
+    return _zeros_for_none([acc.jvp(g) for g in gw], w)
 
 
 def _mixed_fwd(loss_fn, w, a, u):
@@ -57,8 +57,8 @@ def _mixed_fwd(loss_fn, w, a, u):
         with tf.GradientTape() as tape:
             tape.watch(a)
             loss = loss_fn(w, a)
-        ga = zeros_for_none(tape.gradient(loss, list(a)), a)
-    return zeros_for_none([acc.jvp(g) for g in ga], a)
+        ga = _zeros_for_none(tape.gradient(loss, list(a)), a)
+    return _zeros_for_none([acc.jvp(g) for g in ga], a)
 
 
 def fwd(loss_fn, w, a, v, reduce_mean=_identity):
@@ -80,14 +80,14 @@ def barrier(loss_fn, w, a, v, reduce_mean=_identity):
         with tf.GradientTape() as inner:
             inner.watch(w)
             loss = loss_fn(w, a)
-        gw = zeros_for_none(inner.gradient(loss, list(w)), w)
+        gw = _zeros_for_none(inner.gradient(loss, list(w)), w)
     hv = outer.gradient(gw, list(w), output_gradients=v)
-    hv = reduce_mean(zeros_for_none(hv, w))
+    hv = reduce_mean(_zeros_for_none(hv, w))
     with tf.control_dependencies(hv):
         seeds = [tf.identity(h) for h in hv]
     dhv = outer.gradient(gw, list(a), output_gradients=seeds)
     del outer
-    return hv, zeros_for_none(dhv, a)
+    return hv, _zeros_for_none(dhv, a)
 
 
 def forward(loss_fn, w, a, v, reduce_mean=_identity):
@@ -118,10 +118,10 @@ def _rof(loss_fn, w, a, tangent, sources):
         with tf.autodiff.ForwardAccumulator(list(w), list(tangent)) as acc:
             loss = loss_fn(w, a)
         directional = acc.jvp(loss)
-    return zeros_for_none(tape.gradient(directional, list(sources)), sources)
+    return _zeros_for_none(tape.gradient(directional, list(sources)), sources)
 
 
 def reverse_over_forward(loss_fn, w, a, v, reduce_mean=_identity):
-    hv = reduce_mean(_rof(_After(loss_fn, v), w, a, v, w))
-    dhv = _rof(_After(loss_fn, hv), w, a, hv, a)
+    hv = reduce_mean(_rof(_after(loss_fn, v), w, a, v, w))
+    dhv = _rof(_after(loss_fn, hv), w, a, hv, a)
     return hv, dhv

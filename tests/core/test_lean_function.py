@@ -130,6 +130,25 @@ def test_nested_functions_run_without_their_graphs():
     assert float(lean(tf.constant(1.0))) == 8.0
 
 
+def test_nodes_of_called_functions_are_counted_apart():
+    inner = tf.function(lambda v: tf.sin(v) * 2.0 + 1.0)
+    inner_nodes = len(inner.get_concrete_function(
+        tf.TensorSpec([], tf.float32)).graph.get_operations())
+
+    def plain(v):
+        return v * 3.0
+
+    def calling(v):
+        return inner(v) * 3.0
+
+    lean = LeanFunction(plain)
+    assert lean.trace(tf.constant(1.0))["function_nodes"] == 0
+    lean = LeanFunction(calling)
+    record = lean.trace(tf.constant(1.0))
+    assert record["function_nodes"] == inner_nodes
+    assert float(lean(tf.constant(0.0))) == 3.0
+
+
 def test_structured_inputs_and_python_values_key_the_traces():
     lean = LeanFunction(lambda pair, scale: pair["a"] * scale + pair["b"])
     pair = {"a": tf.constant(2.0), "b": tf.constant(1.0)}

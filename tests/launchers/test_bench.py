@@ -107,6 +107,17 @@ def test_rss_guard_stops_the_process():
     assert "GB" in out.stderr
 
 
+def test_nodes_of_called_functions_are_shown_beside_the_step_s():
+    fv = _flag_values(["--preset=s1", "--batch_sizes=32"])
+    rows = [_row("first_order", "exact", 32, 2.0, graph_nodes=1234,
+                 function_nodes=567),
+            _row("amended", "exact", 32, 6.0, graph_nodes=89,
+                 function_nodes=0)]
+    lines = bench.table(rows, fv, 8, 16, 32).splitlines()
+    assert lines[3].endswith("| 1000 | 1234 + 567 |")
+    assert lines[4].endswith("| 1000 | 89 |")
+
+
 def test_gpu_peak_column_only_when_a_row_has_one():
     fv = _flag_values(["--preset=s1", "--batch_sizes=32,64"])
     cpu_rows = [_row("first_order", "exact", 32, 2.0, graph_nodes=1234)]

@@ -11,7 +11,9 @@ a pass shows up here before it shows up as memory. Tracing only (no
 execution): minutes on 2 shared cores, so slow-marked.
 
 Counted as `len(graph.as_graph_def().node)` of the traced step's concrete
-function, TensorFlow 2.21 / Keras 3.15.1, Grappler irrelevant (tracing).
+function plus the nodes of the functions it calls (its library; none
+without recomputed cells), TensorFlow 2.21 / Keras 3.15.1, Grappler
+irrelevant (tracing).
 Control edges are bounded too: a control dependency on a list of tensors
 gives every waiting op one edge per tensor, which added ~2.5 GB to the S1
 amended step with one extra node (benchmarks/s1_cpu.md section 8).
@@ -72,8 +74,10 @@ def s1_step_graph(arch_grad, hvp, recompute_cells=False):
 
 def s1_step_nodes(arch_grad, hvp):
     """Graph nodes and control edges of the traced S1 search step at
-    batch `BATCH`."""
-    nodes = s1_step_graph(arch_grad, hvp).node
+    batch `BATCH`, its functions' included."""
+    graph = s1_step_graph(arch_grad, hvp)
+    bodies = [list(f.node_def) for f in graph.library.function]
+    nodes = [*graph.node, *(node for body in bodies for node in body)]
     control_edges = sum(
         name.startswith("^") for node in nodes for name in node.input
     )

@@ -87,7 +87,7 @@ def as_dtype(value, dtype):
     return tf.constant(value, dtype)
 
 
-def zeros_for_none(grads, like):
+def _zeros_for_none(grads, like):
     return [
         tf.zeros_like(x) if g is None else g
         for g, x in zip(grads, like, strict=True)
@@ -102,23 +102,13 @@ def _identity(values):
 
 
 def loss_and_grads(loss_fn: LossFn, w, a):
-    """``(L, grad_w L, grad_a L)`` from one forward and backward pass.
-
-    A loss with a method ``loss_and_grads(w, a)`` (the search engine's
-    `engine.Objective`) computes them itself: there, every first-order pass
-    of a step is a call of one traced function. Nothing differentiates
-    through such a pass (the estimators' second derivatives take tapes
-    over ``loss_fn(w, a)`` itself).
-    """
-    own = getattr(loss_fn, "loss_and_grads", None)
-    if own is not None:
-        return own(w, a)
+    """``(L, grad_w L, grad_a L)`` from one forward and backward pass."""
     with tf.GradientTape() as tape:
         tape.watch(w)
         tape.watch(a)
         loss = loss_fn(w, a)
     gw, ga = tape.gradient(loss, (list(w), list(a)))
-    return loss, zeros_for_none(gw, w), zeros_for_none(ga, a)
+    return loss, _zeros_for_none(gw, w), _zeros_for_none(ga, a)
 
 
 def hvp_exact(loss_fn: LossFn, w, a, v):
@@ -128,8 +118,8 @@ def hvp_exact(loss_fn: LossFn, w, a, v):
         with tf.GradientTape() as inner:
             inner.watch(w)
             loss = loss_fn(w, a)
-        gw = zeros_for_none(inner.gradient(loss, list(w)), w)
-    return zeros_for_none(outer.gradient(gw, list(w), output_gradients=v), w)
+        gw = _zeros_for_none(inner.gradient(loss, list(w)), w)
+    return _zeros_for_none(outer.gradient(gw, list(w), output_gradients=v), w)
 
 
 def mixed_exact(loss_fn: LossFn, w, a, u):
@@ -139,8 +129,8 @@ def mixed_exact(loss_fn: LossFn, w, a, u):
         with tf.GradientTape() as inner:
             inner.watch(w)
             loss = loss_fn(w, a)
-        gw = zeros_for_none(inner.gradient(loss, list(w)), w)
-    return zeros_for_none(outer.gradient(gw, list(a), output_gradients=u), a)
+        gw = _zeros_for_none(inner.gradient(loss, list(w)), w)
+    return _zeros_for_none(outer.gradient(gw, list(a), output_gradients=u), a)
 
 
 def amended_product_exact(loss_fn: LossFn, w, a, v, reduce_mean=_identity):
@@ -169,12 +159,12 @@ def amended_product_exact(loss_fn: LossFn, w, a, v, reduce_mean=_identity):
         with tf.GradientTape() as inner:
             inner.watch(w)
             loss = loss_fn(w, a)
-        gw = zeros_for_none(inner.gradient(loss, list(w)), w)
+        gw = _zeros_for_none(inner.gradient(loss, list(w)), w)
     hv = outer.gradient(gw, list(w), output_gradients=v)
-    hv = reduce_mean(zeros_for_none(hv, w))
+    hv = reduce_mean(_zeros_for_none(hv, w))
     dhv = outer.gradient(gw, list(a), output_gradients=hv)
     del outer
-    return hv, zeros_for_none(dhv, a)
+    return hv, _zeros_for_none(dhv, a)
 
 
 def _accumulated(loss_fn, w, a, tangent, sources):
@@ -184,8 +174,8 @@ def _accumulated(loss_fn, w, a, tangent, sources):
         with tf.GradientTape() as tape:
             tape.watch(sources)
             loss = loss_fn(w, a)
-        grads = zeros_for_none(tape.gradient(loss, list(sources)), sources)
-    return zeros_for_none([acc.jvp(g) for g in grads], sources)
+        grads = _zeros_for_none(tape.gradient(loss, list(sources)), sources)
+    return _zeros_for_none([acc.jvp(g) for g in grads], sources)
 
 
 def waiting_for(deps):
@@ -200,27 +190,16 @@ def waiting_for(deps):
     return tf.control_dependencies([tf.group(*deps)])
 
 
-class _After:
+def _after(loss_fn: LossFn, deps) -> LossFn:
     """`loss_fn` whose ops wait for `deps` (`waiting_for`): a pass that
     would otherwise start beside the one computing `deps` (the TF executor
-    runs independent ops concurrently) holds no activations until then.
-    Its ``loss_and_grads`` (where `loss_fn` has one) waits too."""
+    runs independent ops concurrently) holds no activations until then."""
 
-    def __init__(self, loss_fn: LossFn, deps):
-        self._loss_fn = loss_fn
-        self._deps = deps
-        if hasattr(loss_fn, "loss_and_grads"):
-            self.loss_and_grads = self._loss_and_grads
+    def loss(w, a):
+        with waiting_for(deps):
+            return loss_fn(w, a)
 
-    def __call__(self, w, a):
-        with waiting_for(self._deps):
-            return self._loss_fn(w, a)
-
-    def _loss_and_grads(self, w, a):
-        with waiting_for(self._deps):
-            return self._loss_fn.loss_and_grads(w, a)
-
-
+    return loss
 
 
 def hvp_forward(loss_fn: LossFn, w, a, v):
@@ -248,12 +227,12 @@ def hvp_finite_difference(loss_fn: LossFn, w, a, v):
 
     ``eps = 0.01 / ||v||`` (DARTS eq. 8; paper appendix A.4), with the
     ``1 / (2 eps)`` scaling. The ``-`` pass starts once the ``+`` pass's
-    gradients exist (`_After`).
+    gradients exist (`_after`).
     """
     eps = tf.cast(_fd_epsilon(v), w[0].dtype)
     _, gw_plus, _ = loss_and_grads(loss_fn, axpy(eps, v, w), a)
     _, gw_minus, _ = loss_and_grads(
-        _After(loss_fn, gw_plus), axpy(-eps, v, w), a)
+        _after(loss_fn, gw_plus), axpy(-eps, v, w), a)
     pairs = zip(gw_plus, gw_minus, strict=True)
     return [(p - m) / (2 * eps) for p, m in pairs]
 
@@ -263,7 +242,7 @@ def mixed_finite_difference(loss_fn: LossFn, w, a, u):
     eps = tf.cast(_fd_epsilon(u), w[0].dtype)
     _, _, ga_plus = loss_and_grads(loss_fn, axpy(eps, u, w), a)
     _, _, ga_minus = loss_and_grads(
-        _After(loss_fn, ga_plus), axpy(-eps, u, w), a)
+        _after(loss_fn, ga_plus), axpy(-eps, u, w), a)
     pairs = zip(ga_plus, ga_minus, strict=True)
     return [(p - m) / (2 * eps) for p, m in pairs]
 
@@ -399,12 +378,12 @@ def estimate(
     v = reduce_mean(v)
     # The training pass starts once the validation pass is done: otherwise
     # the executor runs the two side by side, both activations alive.
-    train_loss = _After(train_loss, v)
+    train_loss = _after(train_loss, v)
     if hvp == "exact":
         _, dhv = amended_product_exact(train_loss, w, a, v, reduce_mean)
     elif hvp == "forward":
         hv = reduce_mean(hvp_forward(train_loss, w, a, v))
-        dhv = mixed_forward(_After(train_loss, hv), w, a, hv)
+        dhv = mixed_forward(_after(train_loss, hv), w, a, hv)
     else:
         hv = reduce_mean(hvp_finite_difference(train_loss, w, a, v))
         dhv = mixed_finite_difference(train_loss, w, a, hv)
@@ -421,19 +400,19 @@ def _second_order(train_loss, val_loss, w, a, hvp, step, reduce_mean):
             with tf.GradientTape() as inner:
                 inner.watch(w)
                 loss_t = train_loss(w, a)
-            gw = zeros_for_none(inner.gradient(loss_t, w), w)
+            gw = _zeros_for_none(inner.gradient(loss_t, w), w)
         gw_mean = reduce_mean([tf.stop_gradient(g) for g in gw])
         w_virtual = step.apply(w, gw_mean)
         loss, v, g1 = loss_and_grads(val_loss, w_virtual, a)
         v = reduce_mean(v)
-        dv = zeros_for_none(outer.gradient(gw, a, output_gradients=v), a)
+        dv = _zeros_for_none(outer.gradient(gw, a, output_gradients=v), a)
     elif hvp == "forward":
         _, gw, _ = loss_and_grads(train_loss, w, a)
         gw_mean = reduce_mean(gw)
         w_virtual = step.apply(w, gw_mean)
         loss, v, g1 = loss_and_grads(val_loss, w_virtual, a)
         v = reduce_mean(v)
-        dv = mixed_forward(_After(train_loss, v), w, a, v)
+        dv = mixed_forward(_after(train_loss, v), w, a, v)
     else:
         _, gw, _ = loss_and_grads(train_loss, w, a)
         gw_mean = reduce_mean(gw)

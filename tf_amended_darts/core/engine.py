@@ -137,13 +137,6 @@ class BilevelSearch(keras.Model):
             step's gradient to this global norm (`bilevel.VirtualStep`;
             DARTS' recurrent search does, at 0.25); None: no clipping
             (DARTS' CNN search).
-        shared_passes: the step's first-order passes (the weight step's,
-            the estimator's validation pass and its finite-difference
-            passes) are calls of one traced, non-inlined function
-            (`Objective`): traced once, instantiated once, instead of
-            one copy of the network's forward and backward pass each.
-            Used on one replica in graph mode; False, or eagerly, or on
-            several replicas: each pass is its own copy, as before.
         lean_graph: ``fit`` runs the step through `lean_function` (the
             traced graph is freed before the first step runs: 0.5-1.4 GB
             less on S1; README, Benchmarks). False: Keras' own
@@ -167,12 +160,10 @@ class BilevelSearch(keras.Model):
         aux_weight=0.0,
         sync_batch_norm=True,
         virtual_step_clip_norm=None,
-        shared_passes=True,
         lean_graph=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.shared_passes = bool(shared_passes)
         self.lean_graph = bool(lean_graph)
         # A callable taking a line of text, told before and after the lean
         # step traces (jobs set it when verbose); not part of the config.
@@ -400,46 +391,6 @@ class BilevelSearch(keras.Model):
 
         return loss_fn
 
-    def first_order_pass(self, w, a, non_trainable, x, y):
-        """One forward and backward pass on one batch, in training mode.
-
-        Returns ``(loss, grad_w, grad_a, outputs, non_trainable_out)``:
-        gradients None where a variable does not reach the loss, and the
-        non-trainable values the pass wrote (batch-norm statistics,
-        generator states), which the weight step assigns and every other
-        pass discards. What `Objective` runs through one traced function.
-        """
-        w, a = list(w), list(a)
-        layout = self._layout
-        with tf.GradientTape() as tape:
-            tape.watch(w)
-            tape.watch(a)
-            values = [w[i] if kind == "w" else a[i] for kind, i in layout]
-            outputs, non_trainable_out = self.network.stateless_call(
-                values, non_trainable, x, training=True
-            )
-            loss = self.compute_search_loss(y, outputs)
-        gw, ga = tape.gradient(loss, (w, a))
-        return loss, gw, ga, outputs, non_trainable_out
-
-    def _pass_function(self):
-        """`first_order_pass` as one traced function (a fresh one per
-        traced step, so that it goes with the step's graph), or None where
-        passes are not shared (see ``shared_passes``)."""
-        if (not self.shared_passes or tf.executing_eagerly()
-                or self.distribute_strategy.num_replicas_in_sync > 1):
-            return None
-        return tf.function(self.first_order_pass, autograph=False)
-
-    def _objective(self, x, y, pass_function, record=None):
-        """`functional_loss`, or an `Objective` over ``pass_function``."""
-        loss = self.functional_loss(x, y, record)
-        if pass_function is None:
-            return loss
-        return Objective(loss, pass_function,
-                         _values(self.network.non_trainable_variables),
-                         x, y, record)
-
     def virtual_step(self):
         """What DARTS' virtual step reads from the weight optimiser."""
         opt = self.weight_optimizer
@@ -459,8 +410,7 @@ class BilevelSearch(keras.Model):
 
     # -- one search step ------------------------------------------------------
 
-    def arch_gradient(self, train_batch, val_batch, record=None,
-                      pass_function=None):
+    def arch_gradient(self, train_batch, val_batch, record=None):
         """The estimator's `bilevel.EstimatorResult` at the current values.
 
         Args:
@@ -468,8 +418,6 @@ class BilevelSearch(keras.Model):
             val_batch: ``(x_v, y_v)``.
             record: optional dict; receives the first validation pass's
                 ``outputs`` and ``non_trainable`` values.
-            pass_function: optional traced `first_order_pass` that the
-                estimator's first-order passes call (`Objective`).
 
         Returns:
             ``(result, outputs of the first validation pass)``.
@@ -480,8 +428,8 @@ class BilevelSearch(keras.Model):
         arch = [v.value for v in self.arch_variables]
         result = bilevel.estimate(
             self.arch_grad,
-            self._objective(x_t, y_t, pass_function),
-            self._objective(x_v, y_v, pass_function, record),
+            self.functional_loss(x_t, y_t),
+            self.functional_loss(x_v, y_v, record),
             weights,
             arch,
             eta=self.eta,
@@ -519,10 +467,9 @@ class BilevelSearch(keras.Model):
     def _train_step(self, data):
         train_batch, val_batch = unpack_pairs(data)
         record = {}
-        pass_function = self._pass_function()
         if self._arch_updates:
             result, val_outputs = self.arch_gradient(
-                train_batch, val_batch, record, pass_function
+                train_batch, val_batch, record
             )
             replicas.apply_mean_gradients(
                 self.arch_optimizer, result.arch_grads, self.arch_variables
@@ -546,21 +493,10 @@ class BilevelSearch(keras.Model):
         lr = ops.convert_to_tensor(
             self.weight_optimizer.current_learning_rate()
         )  # the learning rate of this step's weight update
-        if pass_function is None:
-            with tf.GradientTape() as tape:
-                outputs = self.network(x_t, training=True)
-                loss = self.compute_search_loss(y_t, outputs)
-            grads = tape.gradient(loss, self.weight_variables)
-        else:  # the shared pass, at the values after the arch update
-            loss, grads, _, outputs, non_trainable = pass_function(
-                _values(self.weight_variables),
-                _values(self.arch_variables),
-                _values(self.network.non_trainable_variables),
-                x_t, y_t,
-            )
-            for variable, value in zip(self.network.non_trainable_variables,
-                                       non_trainable, strict=True):
-                variable.assign(value)
+        with tf.GradientTape() as tape:
+            outputs = self.network(x_t, training=True)
+            loss = self.compute_search_loss(y_t, outputs)
+        grads = tape.gradient(loss, self.weight_variables)
         replicas.apply_mean_gradients(
             self.weight_optimizer, grads, self.weight_variables
         )
@@ -618,7 +554,6 @@ class BilevelSearch(keras.Model):
             aux_weight=self.aux_weight,
             sync_batch_norm=self.sync_batch_norm,
             virtual_step_clip_norm=self.virtual_step_clip_norm,
-            shared_passes=self.shared_passes,
             lean_graph=self.lean_graph,
         )
         return config
@@ -630,51 +565,6 @@ class BilevelSearch(keras.Model):
             config["network"]
         )
         return cls(**config)
-
-
-class Objective:
-    """``L(w, a)`` on one batch whose first-order passes share a function.
-
-    Called, it is `BilevelSearch.functional_loss`'s loss (what the exact
-    products' nested tapes differentiate). Its ``loss_and_grads`` (which
-    `bilevel.loss_and_grads` uses: the validation pass, the finite-
-    difference passes, second_order's training pass) calls
-    ``pass_function``, the step's one traced `first_order_pass`, with this
-    batch: TensorFlow traces the network's forward and backward pass once
-    per step and batch shape, and its runtime instantiates it once and
-    runs every call on it (a non-inlined function), where each pass was
-    a copy of those ops before. The batch-norm statistics a call writes
-    are discarded (the weight step assigns its own).
-
-    Args:
-        loss_fn: the batch's `functional_loss`.
-        pass_function: the traced `BilevelSearch.first_order_pass`.
-        non_trainable: the network's non-trainable values.
-        x, y: the batch.
-        record: optional dict; the first pass stores ``outputs`` and
-            ``non_trainable`` there, as `functional_loss` does.
-    """
-
-    def __init__(self, loss_fn, pass_function, non_trainable, x, y,
-                 record=None):
-        self._loss_fn = loss_fn
-        self._pass_function = pass_function
-        self._non_trainable = non_trainable
-        self._x, self._y = x, y
-        self._record = record
-
-    def __call__(self, w, a):
-        return self._loss_fn(w, a)
-
-    def loss_and_grads(self, w, a):
-        loss, gw, ga, outputs, non_trainable = self._pass_function(
-            _values(w), _values(a), self._non_trainable, self._x, self._y)
-        record = self._record
-        if record is not None and "outputs" not in record:
-            record["outputs"] = outputs
-            record["non_trainable"] = non_trainable
-        zeros = bilevel.zeros_for_none
-        return loss, zeros(gw, w), zeros(ga, a)
 
 
 class ArchWarmup(keras.callbacks.Callback):
@@ -699,13 +589,6 @@ class ArchWarmup(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.model.arch_updates = epoch >= self.start
-
-
-def _values(variables):
-    """Tensors of the variables' (or tensors') current values: a pass
-    function called with tensors traces once for every caller (variables
-    as arguments would trace a signature of their own)."""
-    return [tf.convert_to_tensor(v) for v in variables]
 
 
 def _accuracy(y_true, outputs):

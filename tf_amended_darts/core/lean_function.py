@@ -143,12 +143,27 @@ def _key(args):
     return structure, specs
 
 
+def function_nodes(graph):
+    """Nodes of the functions a traced graph calls (its library, nested
+    calls included): a step with recomputed cells keeps their nodes
+    there, not in its own graph."""
+    total = 0
+    for function in getattr(graph, "_functions", {}).values():
+        cached = getattr(function, "_cached_graph", None)
+        if cached is not None:
+            total += len(cached.get_operations())
+        else:
+            total += len(function.definition.node_def)
+    return total
+
+
 class _Trace:
     """One traced signature: the graph-free runtime function, the
     captured inputs it is called with and what the trace measured."""
 
     def __init__(self, function, concrete):
         self.graph_nodes = len(concrete.graph.get_operations())
+        self.function_nodes = function_nodes(concrete.graph)
         if _supported(concrete):
             self.runtime = _graph_free(concrete._inference_function)
             # Resolved per call, as ConcreteFunction does (deferred
@@ -188,8 +203,10 @@ class LeanFunction:
         trace_count: how many signatures were traced.
         lean: False where this TensorFlow lacks the internals (then the
             traced graphs are kept, as by `tf.function`).
-        last_trace: {"graph_nodes", "trace_s", "custom_gradients_freed"}
-            of the latest trace, or None before the first.
+        last_trace: {"graph_nodes", "function_nodes", "trace_s",
+            "custom_gradients_freed"} of the latest trace (the step's own
+            nodes, and those of the functions it calls), or None before
+            the first.
     """
 
     def __init__(self, python_function, jit_compile=None, autograph=True,
@@ -264,6 +281,7 @@ class LeanFunction:
         self.trace_count += 1
         trace.record = self.last_trace = {
             "graph_nodes": trace.graph_nodes,
+            "function_nodes": trace.function_nodes,
             "trace_s": time.perf_counter() - t0,
             "custom_gradients_freed": freed,
         }
