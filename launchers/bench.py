@@ -205,8 +205,11 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     """Times one configuration in this process; returns a dict."""
     import tensorflow as tf
 
-    from tf_amended_darts.core import engine, graph_settings, lean_function
-    from tf_amended_darts.core.lean_function import LeanFunction
+    from tf_amended_darts.core import engine, graph_settings
+    from tf_amended_darts.core.lean_function import (
+        LeanFunction,
+        function_nodes,
+    )
     from tf_amended_darts.jobs import precision
 
     graph_settings.configure(grappler, op_tracebacks)
@@ -242,12 +245,11 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
     first_pair = next(batches)
     if lean_graph:  # trace only; the graph is freed here
         record = step.trace(first_pair)
-        nodes, function_nodes = (record["graph_nodes"],
-                                 record["function_nodes"])
+        nodes, called = record["graph_nodes"], record["function_nodes"]
     else:
         graph = step.get_concrete_function(first_pair).graph
         nodes = len(graph.get_operations())
-        function_nodes = lean_function.function_nodes(graph)
+        called = function_nodes(graph)
         del graph
     trace = time.perf_counter() - t0
     rss_traced = current_rss_mb()
@@ -274,7 +276,7 @@ def measure(arch_grad, hvp, layers, channels, size, batch, steps, warmup,
         "input_share": sum(waits) / sum(totals),
         "rss_built_mb": rss_built, "rss_traced_mb": rss_traced,
         "peak_rss_mb": peak_rss_mb(), "graph_nodes": nodes,
-        "function_nodes": function_nodes,
+        "function_nodes": called,
         "gpu_peak_mb": gpu_peak,
         "steps": steps, "warmup": warmup, "jit_compile": jit_compile,
         "op_tracebacks": op_tracebacks, "lean_graph": lean_graph,

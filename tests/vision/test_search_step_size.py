@@ -76,8 +76,8 @@ def s1_step_nodes(arch_grad, hvp):
     """Graph nodes and control edges of the traced S1 search step at
     batch `BATCH`, its functions' included."""
     graph = s1_step_graph(arch_grad, hvp)
-    bodies = [list(f.node_def) for f in graph.library.function]
-    nodes = [*graph.node, *(node for body in bodies for node in body)]
+    nodes = [*graph.node,
+             *(node for f in graph.library.function for node in f.node_def)]
     control_edges = sum(
         name.startswith("^") for node in nodes for name in node.input
     )
