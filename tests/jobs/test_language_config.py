@@ -86,3 +86,13 @@ def test_search_errors_name_the_flag(args, match):
 def test_training_errors_name_the_flag(args, match):
     with pytest.raises(ValueError, match=match):
         LC.train_from_flags(_train_flags(args))
+
+
+def test_malloc_threshold_reaches_the_language_search():
+    assert LC.search_from_flags(_search_flags([])).malloc_threshold_kb == 64
+    c = LC.search_from_flags(_search_flags(["--malloc_threshold_kb=0"]))
+    assert c.malloc_threshold_kb == 0
+    with pytest.raises(ValueError, match="--malloc_threshold_kb=-2"):
+        LC.search_from_flags(_search_flags(["--malloc_threshold_kb=-2"]))
+    # Language training shares the search's set-up (and its default).
+    assert LC.train_from_flags(_train_flags([])).malloc_threshold_kb == 64

@@ -246,3 +246,40 @@ def test_glibc_returns_freed_memory():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
     assert search.return_freed_memory()
+
+
+class _FakeLibc:
+    """Records mallopt(3) calls instead of changing this process' heap."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, parameter, value):
+        self.calls.append((parameter, value))
+        return 1
+
+
+def test_malloc_threshold_flag_sets_both_thresholds_or_none(
+    tmp_path, monkeypatch
+):
+    from tf_amended_darts.jobs import search
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(search.ctypes, "CDLL", lambda name: libc)
+    # The flag reaches glibc through set_up, in KiB; 0 sets nothing.
+    for args, expected in (
+        ([], [(search.M_MMAP_THRESHOLD, 64 * 1024),
+              (search.M_TRIM_THRESHOLD, 64 * 1024)]),
+        (["--malloc_threshold_kb=1024"],
+         [(search.M_MMAP_THRESHOLD, 1024 * 1024),
+          (search.M_TRIM_THRESHOLD, 1024 * 1024)]),
+        (["--malloc_threshold_kb=0"], []),
+    ):
+        libc.calls.clear()
+        fv = _flag_values(TINY + [f"--model_dir={tmp_path}"] + args)
+        search.set_up(search_config.from_flags(fv))
+        assert libc.calls == expected, args
+    assert search.return_freed_memory(0) is False
+    with pytest.raises(ValueError, match="--malloc_threshold_kb=-1"):
+        search_config.from_flags(_flag_values(
+            TINY + [f"--model_dir={tmp_path}", "--malloc_threshold_kb=-1"]))

@@ -28,6 +28,10 @@ from absl import flags
 
 from tf_amended_darts.core import bilevel, hparams
 from tf_amended_darts.jobs.errors import fail as _fail
+from tf_amended_darts.jobs.search_config import (
+    MALLOC_THRESHOLD_KB,
+    check_malloc_threshold_kb,
+)
 from tf_amended_darts.language import asgd, corpus, space
 
 TASKS = ("vision", "ptb")
@@ -182,6 +186,7 @@ def _check_common(c):
         _fail("verbose", "0, 1, 2", c.verbose)
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", "an integer >= 1", c.keep_checkpoints)
+    check_malloc_threshold_kb(c.malloc_threshold_kb)
 
 
 # Flags a language run may resume with changed (run_dir.check): logging,
@@ -195,6 +200,7 @@ RESUMABLE = (
     "keep_checkpoints",
     "grappler",
     "op_tracebacks",
+    "malloc_threshold_kb",
     "deterministic",
 )
 UPWARD = ("epochs",)
@@ -240,6 +246,7 @@ class LanguageSearchConfig:
     deterministic: bool = False
     grappler: bool = False
     op_tracebacks: bool = False
+    malloc_threshold_kb: int = MALLOC_THRESHOLD_KB
     tensorboard: bool = True
     verbose: int = 1
     keep_checkpoints: int = 2
@@ -311,6 +318,7 @@ class LanguageTrainConfig:
     deterministic: bool = False
     grappler: bool = False
     op_tracebacks: bool = False
+    malloc_threshold_kb: int = MALLOC_THRESHOLD_KB
     tensorboard: bool = True
     verbose: int = 2
     keep_checkpoints: int = 2

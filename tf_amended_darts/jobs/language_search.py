@@ -63,7 +63,7 @@ TENSORBOARD_DIR = os.path.join("tensorboard", "search")
 
 def set_up(config):
     """Seeds, graph settings (`graph_settings.configure`); one device."""
-    cnn_search.return_freed_memory()
+    cnn_search.return_freed_memory(config.malloc_threshold_kb)
     keras.utils.set_random_seed(config.seed)
     graph_settings.configure(
         config.grappler, config.op_tracebacks, config.deterministic

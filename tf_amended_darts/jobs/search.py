@@ -91,13 +91,15 @@ from tf_amended_darts.vision import genotype as G
 from tf_amended_darts.vision.supernet import SearchNetwork
 
 PAIRS_FILE = "stage1_pairs.json"
-# glibc mallopt(3) parameters (malloc.h) and the value set for both: with
-# glibc's dynamic mmap threshold, freed activation-sized blocks stay in the
-# heap; at 64 KiB the 3-cell amended exact step peaked at 5.4 GB instead of
-# 6.0 GB (benchmarks/s1_cpu.md, section 2).
+# glibc mallopt(3) parameters (malloc.h); the value set for both is
+# --malloc_threshold_kb (search_config.MALLOC_THRESHOLD_KB). With glibc's
+# dynamic mmap threshold, freed activation-sized blocks stay in the heap;
+# at 64 KiB the 3-cell amended exact step peaked at 5.4 GB instead of
+# 6.0 GB (benchmarks/s1_cpu.md, section 2), but every large tensor is then
+# a fresh mapping whose pages fault in anew: S1 first_order ran 2.3x
+# slower per step on the 2-core host (section 16).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MALLOC_THRESHOLD_BYTES = 64 * 1024
 
 
 class SearchResult(NamedTuple):
@@ -376,7 +378,7 @@ def set_up(config):
     strategy = distribute.make_strategy(config.strategy, config.num_gpus)
     distribute.per_replica_batch_size(config.batch_size, strategy)
     check_replicas(config.recompute_cells, strategy.num_replicas_in_sync)
-    return_freed_memory()
+    return_freed_memory(config.malloc_threshold_kb)
     keras.utils.set_random_seed(config.seed)
     graph_settings.configure(
         config.grappler, config.op_tracebacks, config.deterministic
@@ -384,23 +386,26 @@ def set_up(config):
     return strategy
 
 
-def return_freed_memory():
+def return_freed_memory(threshold_kb=search_config.MALLOC_THRESHOLD_KB):
     """Makes glibc return freed large blocks to the system (Linux only).
 
-    Sets the mmap and trim thresholds to `MALLOC_THRESHOLD_BYTES`, as the
+    Sets the mmap and trim thresholds to ``threshold_kb`` KiB, as the
     environment variables ``MALLOC_MMAP_THRESHOLD_`` and
-    ``MALLOC_TRIM_THRESHOLD_`` would at start-up. A no-op elsewhere.
+    ``MALLOC_TRIM_THRESHOLD_`` would at start-up; 0 leaves glibc's own
+    (dynamic) thresholds. A no-op elsewhere.
 
     Returns:
-        True when glibc accepted both settings.
+        True when glibc accepted both settings; False when nothing was set.
     """
+    if not threshold_kb:
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
     return all(
-        mallopt(parameter, MALLOC_THRESHOLD_BYTES) == 1
+        mallopt(parameter, threshold_kb * 1024) == 1
         for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
     )
 
